@@ -1,0 +1,81 @@
+"""Reading images and masks from disk into fixed-size arrays.
+
+Everything becomes float32 RGB in [0, 1] at a square `size`: grayscale is repeated over three
+channels, 16-bit images are scaled by their bit depth, palette/alpha images are flattened. Masks
+become {0, 1} uint8 at the same size (nearest-neighbour resize, so no new labels appear).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from raybench.errors import DatasetError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise DatasetError(path, "file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(path, f"cannot read image ({err})") from None
+    return img
+
+
+def image_to_array(img: Image.Image) -> np.ndarray:
+    """PIL image of any common mode -> float32 (H, W, 3) in [0, 1]."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0
+        arr = np.clip(arr / peak, 0.0, 1.0).astype(np.float32)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def resize_array(arr: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) float -> (size, size, 3) float, bilinear."""
+    if arr.shape[0] == size and arr.shape[1] == size:
+        return arr
+    chans = [
+        np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.BILINEAR))
+        for c in range(arr.shape[2])
+    ]
+    return np.stack(chans, axis=2)
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Image file -> float32 (3, size, size) in [0, 1]; DatasetError names the file on failure."""
+    path = Path(path)
+    arr = image_to_array(_open(path))
+    if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise DatasetError(path, f"image has unusable shape {arr.shape}")
+    return np.ascontiguousarray(resize_array(arr, size).transpose(2, 0, 1))
+
+
+def load_mask(path: str | Path, size: int) -> np.ndarray:
+    """Mask file -> uint8 (size, size) in {0, 1}: any non-zero pixel is anomalous."""
+    path = Path(path)
+    img = _open(path)
+    arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    binary = Image.fromarray((arr > 0).astype(np.uint8) * 255)
+    binary = binary.resize((size, size), Image.NEAREST)
+    return (np.asarray(binary) > 127).astype(np.uint8)
+
+
+def check_image(path: str | Path) -> None:
+    """Cheap validity check (header + decode) used before a sweep starts."""
+    _open(Path(path))

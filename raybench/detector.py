@@ -1,0 +1,121 @@
+"""Detector: a trained scorer plus what it needs to preprocess images; saved as weights only.
+
+A checkpoint is a folder with `detector.json` (method, config, provenance) and
+`weights.safetensors`. Loading rebuilds the architecture from the method's config (randomly
+initialised, never downloading) and loads the weights into it: no pickled code is ever executed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from raybench.config import from_dict, to_dict
+from raybench.data.io import image_to_array, load_image, resize_array
+from raybench.methods.base import get_method
+from raybench.models.common import pick_device
+
+CONFIG_FILE, WEIGHTS_FILE = "detector.json", "weights.safetensors"
+
+
+def _as_batch(images, size: int) -> torch.Tensor:
+    """Paths, PIL images, arrays (H,W), (H,W,C), (N,H,W,C) or tensors (N,C,H,W) -> (N,3,S,S) [0,1]."""
+    if isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor)):
+        images = [images] if not (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4) else images
+    out = []
+    for img in images:
+        if isinstance(img, (str, Path)):
+            out.append(torch.from_numpy(load_image(img, size)))
+            continue
+        if isinstance(img, Image.Image):
+            arr = image_to_array(img)
+        else:
+            arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+            if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
+                arr = arr.transpose(1, 2, 0)  # channels-first tensor -> HWC
+            if arr.ndim == 2:
+                arr = arr[..., None]
+            arr = arr.astype(np.float32)
+            if np.issubdtype(np.asarray(img).dtype if not isinstance(img, torch.Tensor) else np.float32, np.integer):
+                arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+            if arr.shape[2] == 1:
+                arr = np.repeat(arr, 3, axis=2)
+        out.append(torch.from_numpy(np.ascontiguousarray(resize_array(arr, size).transpose(2, 0, 1))))
+    return torch.stack(out).float()
+
+
+class Detector:
+    def __init__(self, method: str, config, scorer: torch.nn.Module, meta: dict | None = None):
+        self.method, self.config, self.scorer = method, config, scorer
+        self.meta = dict(meta or {})
+        self.device = next(scorer.parameters()).device if any(True for _ in scorer.parameters()) else torch.device("cpu")
+
+    @property
+    def image_size(self) -> int:
+        return self.scorer.image_size
+
+    def to(self, device) -> "Detector":
+        self.device = torch.device(device)
+        self.scorer.to(self.device)
+        return self
+
+    @torch.no_grad()
+    def predict(self, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores (N,) and anomaly maps (N, S, S) at the detector's image size."""
+        batch = _as_batch(images, self.image_size)
+        self.scorer.eval()
+        scores, maps = [], []
+        for start in range(0, len(batch), batch_size):
+            s, m = self.scorer(batch[start:start + batch_size].to(self.device))
+            scores.append(s.float().cpu())
+            maps.append(m.float().cpu())
+        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+    def evaluate(self, data_root=None, dataset: str | None = None, category: str | None = None) -> dict:
+        """Recompute the metrics on the test set this detector was scored on (same exclusions)."""
+        from raybench.data import load_dataset
+        from raybench.evaluation import evaluate_scorer
+        dataset = dataset or self.meta.get("dataset")
+        category = category or self.meta.get("category")
+        if not dataset or not category:
+            raise ValueError("this detector does not record its dataset/category: pass them")
+        (cat,) = load_dataset(dataset, data_root, [category])
+        return evaluate_scorer(self.scorer, cat, self.device, self.meta.get("excluded_test", []))
+
+    # ---- persistence (weights only) ----
+    def save(self, folder) -> Path:
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.scorer.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(
+            {"method": self.method, "config": to_dict(self.config), "meta": self.meta}, indent=2, default=str))
+        return folder
+
+    @classmethod
+    def load(cls, folder, device=None) -> "Detector":
+        from safetensors.torch import load_file
+        folder = Path(folder)
+        spec_json = json.loads((folder / CONFIG_FILE).read_text())
+        spec = get_method(spec_json["method"])
+        config = from_dict(spec.config_cls, spec_json["config"], method=spec.name)
+        # the architecture only: weights come from the checkpoint, so never download them
+        arch_config = from_dict(spec.config_cls, {**spec_json["config"], "weights": "random"})
+        scorer = spec.build(arch_config)
+        state = load_file(str(folder / WEIGHTS_FILE))
+        _resize_buffers(scorer, state)
+        scorer.load_state_dict(state, strict=True)
+        det = cls(spec.name, config, scorer, spec_json.get("meta"))
+        return det.to(pick_device(device))
+
+
+def _resize_buffers(module: torch.nn.Module, state: dict) -> None:
+    """Buffers whose size is data-dependent (a PatchCore memory bank) take the checkpoint's shape."""
+    for name, buf in list(module.named_buffers()):
+        if name in state and state[name].shape != buf.shape:
+            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            setattr(owner, name.rsplit(".", 1)[-1], torch.empty_like(state[name]))

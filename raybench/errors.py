@@ -1,0 +1,27 @@
+"""Errors that carry the offending path, so a user can fix the file and rerun."""
+from __future__ import annotations
+
+
+class RaybenchError(Exception):
+    """Base class: every error raybench raises on purpose."""
+
+
+class DatasetError(RaybenchError):
+    """A dataset is missing, malformed, or holds an unreadable file."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(RaybenchError):
+    """A config or search space names an unknown field, or a value of the wrong type."""
+
+
+class WeightsError(RaybenchError):
+    """Backbone weights could not be had the way they were asked for."""
+
+
+class TrackingError(RaybenchError):
+    """The MLflow store cannot be reached or written."""

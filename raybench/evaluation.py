@@ -1,0 +1,60 @@
+"""Score a category's test set with a scorer and compute every metric, with timings.
+
+The protocol is explicit: images and masks are resized to the scorer's `image_size` and pixel
+metrics are computed at that resolution; test images used in training are left out.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from raybench.data.layout import Category, Sample
+from raybench.data.tensors import iterate_batches, load_images, load_masks
+from raybench.metrics import evaluate_predictions
+
+
+def relative_path(sample: Sample, category: Category) -> str:
+    try:
+        return str(sample.path.relative_to(category.root / category.name))
+    except ValueError:
+        return str(sample.path)
+
+
+def scored_test_samples(category: Category, excluded: list[str] | set[str]) -> list[Sample]:
+    excluded = set(excluded)
+    return [s for s in category.test if relative_path(s, category) not in excluded]
+
+
+@torch.no_grad()
+def score_images(scorer, images: torch.Tensor, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+    scorer.eval()
+    scores, maps = [], []
+    for batch in iterate_batches(images, batch_size, device):
+        s, m = scorer(batch)
+        scores.append(s.float().cpu())
+        maps.append(m.float().cpu())
+    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+
+def evaluate_scorer(scorer, category: Category, device, excluded=(), batch_size: int = 32,
+                    with_aupro: bool = True) -> dict:
+    samples = scored_test_samples(category, excluded)
+    size = scorer.image_size
+    images = load_images(samples, size)
+    masks = load_masks(samples, size)
+    labels = np.array([s.label for s in samples])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    scores, maps = score_images(scorer, images, batch_size, device)
+    seconds = time.perf_counter() - start
+    metrics = evaluate_predictions(labels, scores, masks, maps, with_aupro=with_aupro)
+    metrics.update({
+        "inference_seconds": seconds,
+        "inference_images_per_second": len(samples) / max(seconds, 1e-9),
+        "n_test_scored": len(samples),
+        "n_test_anomalous": int(labels.sum()),
+    })
+    return metrics

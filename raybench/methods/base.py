@@ -1,0 +1,105 @@
+"""What a method is: a config dataclass, a `fit` that returns a scorer, and a `build` that makes an
+untrained scorer of the same shape (so a checkpoint of weights alone can be loaded into it).
+
+Methods know nothing of Ray or MLflow: `fit(config, category, device)` runs in plain Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from raybench.data.layout import Category
+
+BUDGETS = ("smoke", "default", "paper")
+
+# on_epoch(epoch, scorer) is called after each training epoch; the sweep uses it to report
+# intermediate metrics (ASHA) and may raise to stop the trial.
+EpochHook = Callable[[int, nn.Module], None]
+
+
+class Scorer(Protocol):
+    """An nn.Module: forward(images (N, 3, S, S) in [0, 1]) -> (scores (N,), maps (N, S, S))."""
+
+    image_size: int
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass
+class FitResult:
+    scorer: nn.Module
+    # test images used in training (few-shot real anomalies): never scored; paths relative to the
+    # category folder so a checkpoint evaluates the same split on another machine
+    excluded_test: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type
+    fit: Callable[..., FitResult]
+    build: Callable[[object], nn.Module]
+    budgets: dict[str, dict]  # budget name -> config overrides
+    description: str = ""
+    trained: bool = False  # has epochs (ASHA applies)
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    import raybench.methods  # noqa: F401  (registers the built-in methods)
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    import raybench.methods  # noqa: F401
+    return sorted(_REGISTRY)
+
+
+class Parallel:
+    """Data-parallel helpers for a training loop, in plain torch.distributed terms.
+
+    A method's fit calls `wrap(model)` and trains on `shard(n)` of its samples; with no process
+    group (one process) both are identities. Ray Train's TorchTrainer (see raybench.sweep) only
+    starts the process group: the methods stay free of Ray.
+    """
+
+    @staticmethod
+    def active() -> bool:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    @classmethod
+    def rank(cls) -> int:
+        return torch.distributed.get_rank() if cls.active() else 0
+
+    @classmethod
+    def world_size(cls) -> int:
+        return torch.distributed.get_world_size() if cls.active() else 1
+
+    @classmethod
+    def is_main(cls) -> bool:
+        return cls.rank() == 0
+
+    @classmethod
+    def wrap(cls, model: nn.Module, device: torch.device) -> nn.Module:
+        if not cls.active() or not any(p.requires_grad for p in model.parameters()):
+            return model
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    @classmethod
+    def shard(cls, indices: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a (shuffled, identical on every rank) index permutation."""
+        return indices[cls.rank()::cls.world_size()]

@@ -1,0 +1,55 @@
+"""`patchcore`: an untuned (ImageNet or random) backbone + PatchCore. The leaderboard's baseline
+("ResNet18 + PC" in the CutSwap paper) and the scoring stage CutSwap and CutPaste share."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from raybench.data.layout import Category
+from raybench.data.tensors import iterate_batches, load_images
+from raybench.methods.base import FitResult, MethodSpec, register
+from raybench.models.backbones import FeatureExtractor
+from raybench.models.patchcore import PatchCore
+
+
+@dataclass
+class PatchCoreConfig:
+    seed: int = 0
+    image_size: int = 256
+    weights: str = "imagenet"  # imagenet | random | path to a weights file
+    backbone: str = "resnet18"
+    layers: list[str] = field(default_factory=lambda: ["layer2", "layer3"])
+    coreset_ratio: float = 0.01  # CutSwap paper: 0.001 and 0.01
+    projection_dim: int = 128  # random projection for the coreset's distances
+    patch_size: int = 3  # locally aware neighbourhood
+    sigma: float = 4.0  # Gaussian smoothing of the maps
+    batch_size: int = 32
+
+
+def build(config: PatchCoreConfig) -> PatchCore:
+    extractor = FeatureExtractor(config.backbone, config.layers, config.weights)
+    return PatchCore(extractor, config.image_size, config.patch_size, config.sigma)
+
+
+def fit_memory_bank(model: PatchCore, category: Category, config, device) -> dict:
+    """Shared by every PatchCore-scored method: embed the normal training images, subsample."""
+    train = load_images(category.train, config.image_size)
+    model.to(device)
+    return model.fit(iterate_batches(train, config.batch_size, device), config.coreset_ratio,
+                     config.projection_dim, config.seed)
+
+
+def fit(config: PatchCoreConfig, category: Category, device: torch.device, on_epoch=None) -> FitResult:
+    torch.manual_seed(config.seed)
+    model = build(config)
+    info = fit_memory_bank(model, category, config, device)
+    return FitResult(model, [], info)
+
+
+SPEC = register(MethodSpec(
+    name="patchcore", config_cls=PatchCoreConfig, fit=fit, build=build,
+    budgets={"smoke": {"image_size": 64, "coreset_ratio": 0.05}, "default": {},
+             "paper": {"coreset_ratio": 0.01}},
+    description="untuned backbone + PatchCore (memory bank, greedy coreset, nearest neighbour)",
+))

@@ -1,0 +1,78 @@
+"""Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3) and F1-max.
+
+Pixel metrics are computed at the resolution the maps and masks are given at; callers state it
+(the run logs `eval_resolution`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+
+def image_auroc(labels, scores) -> float:
+    labels = np.asarray(labels).ravel()
+    if labels.min() == labels.max():
+        raise ValueError("image AUROC needs both normal and anomalous images")
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64).ravel()))
+
+
+def pixel_auroc(masks, maps) -> float:
+    masks = np.asarray(masks).ravel().astype(np.uint8)
+    if masks.min() == masks.max():
+        return float("nan")  # no anomalous pixel (or only): undefined
+    return float(roc_auc_score(masks, np.asarray(maps, dtype=np.float32).ravel()))
+
+
+def f1_max(labels, scores) -> float:
+    """Best F1 over all thresholds (image level)."""
+    precision, recall, _ = precision_recall_curve(np.asarray(labels).ravel(), np.asarray(scores).ravel())
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(f1.max())
+
+
+def aupro(masks, maps, fpr_limit: float = 0.3, num_thresholds: int = 200) -> float:
+    """Area under the per-region-overlap curve up to `fpr_limit`, normalised to [0, 1].
+
+    For each threshold: PRO = mean over connected ground-truth regions of the fraction of the
+    region above threshold; FPR = fraction of normal pixels above threshold. The curve is
+    integrated over FPR in [0, fpr_limit] and divided by fpr_limit (as in MVTec AD's evaluation).
+    """
+    masks = np.asarray(masks).astype(bool)
+    maps = np.asarray(maps, dtype=np.float64)
+    if masks.ndim == 2:
+        masks, maps = masks[None], maps[None]
+    regions = []  # (image index, flat pixel indices) per connected defect region
+    for i, mask in enumerate(masks):
+        labelled, n = ndimage.label(mask)
+        for r in range(1, n + 1):
+            regions.append((i, np.flatnonzero(labelled == r)))
+    normal = ~masks
+    if not regions or not normal.any():
+        return float("nan")
+    normal_scores = maps[normal]
+    # thresholds spaced by the normal-score quantiles give an even FPR grid down to 0
+    fprs_wanted = np.linspace(0, fpr_limit, num_thresholds)
+    thresholds = np.quantile(normal_scores, 1 - fprs_wanted)
+    fpr = np.array([(normal_scores > t).mean() for t in thresholds])
+    flat = maps.reshape(len(maps), -1)
+    pro = np.array([np.mean([(flat[i][idx] > t).mean() for i, idx in regions]) for t in thresholds])
+    order = np.argsort(fpr, kind="stable")
+    fpr, pro = fpr[order], pro[order]
+    pro_at_limit = float(np.interp(fpr_limit, fpr, pro))
+    keep = fpr < fpr_limit
+    first = pro[keep][0] if keep.any() else pro_at_limit  # flat extension down to FPR 0
+    fpr = np.concatenate([[0.0], fpr[keep], [fpr_limit]])
+    pro = np.concatenate([[first], pro[keep], [pro_at_limit]])
+    return float(np.trapezoid(pro, fpr) / fpr_limit)
+
+
+def evaluate_predictions(labels, scores, masks, maps, with_aupro: bool = True) -> dict:
+    out = {
+        "image_auroc": image_auroc(labels, scores),
+        "pixel_auroc": pixel_auroc(masks, maps),
+        "f1_max": f1_max(labels, scores),
+    }
+    if with_aupro:
+        out["aupro"] = aupro(masks, maps)
+    return out

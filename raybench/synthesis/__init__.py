@@ -1,0 +1,1 @@
+"""Anomaly synthesis: normal image(s) -> anomalous training sample (+ its mask)."""
