@@ -21,29 +21,33 @@ from raybench.models.common import pick_device
 CONFIG_FILE, WEIGHTS_FILE = "detector.json", "weights.safetensors"
 
 
+def _to_hwc(img) -> np.ndarray:
+    """A PIL image, array or tensor -> float32 (H, W, 3) in [0, 1]; integer inputs are scaled by
+    their bit depth, float inputs are taken as already in [0, 1]."""
+    if isinstance(img, Image.Image):
+        return image_to_array(img)
+    arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    integer = np.issubdtype(arr.dtype, np.integer)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)  # channels-first -> HWC
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    arr = arr.astype(np.float32)
+    if integer:
+        arr /= 65535.0 if arr.max() > 255 else 255.0
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
 def _as_batch(images, size: int) -> torch.Tensor:
     """Paths, PIL images, arrays (H,W), (H,W,C), (N,H,W,C) or tensors (N,C,H,W) -> (N,3,S,S) [0,1]."""
-    if isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor)):
-        images = [images] if not (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4) else images
+    single = isinstance(images, (str, Path, Image.Image)) or (
+        isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim < 4)
     out = []
-    for img in images:
+    for img in [images] if single else images:
         if isinstance(img, (str, Path)):
             out.append(torch.from_numpy(load_image(img, size)))
-            continue
-        if isinstance(img, Image.Image):
-            arr = image_to_array(img)
         else:
-            arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-            if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
-                arr = arr.transpose(1, 2, 0)  # channels-first tensor -> HWC
-            if arr.ndim == 2:
-                arr = arr[..., None]
-            arr = arr.astype(np.float32)
-            if np.issubdtype(np.asarray(img).dtype if not isinstance(img, torch.Tensor) else np.float32, np.integer):
-                arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-            if arr.shape[2] == 1:
-                arr = np.repeat(arr, 3, axis=2)
-        out.append(torch.from_numpy(np.ascontiguousarray(resize_array(arr, size).transpose(2, 0, 1))))
+            out.append(torch.from_numpy(np.ascontiguousarray(resize_array(_to_hwc(img), size).transpose(2, 0, 1))))
     return torch.stack(out).float()
 
 
@@ -51,7 +55,7 @@ class Detector:
     def __init__(self, method: str, config, scorer: torch.nn.Module, meta: dict | None = None):
         self.method, self.config, self.scorer = method, config, scorer
         self.meta = dict(meta or {})
-        self.device = next(scorer.parameters()).device if any(True for _ in scorer.parameters()) else torch.device("cpu")
+        self.device = next(scorer.parameters(), torch.empty(0)).device
 
     @property
     def image_size(self) -> int:

@@ -18,7 +18,7 @@ from PIL import Image
 from raybench.data.layout import Category
 from raybench.data.mvtec import load_folder
 
-VERSION = "v1"
+VERSION = "v2"
 SIZE = 128
 CATEGORIES = {"stripes": "texture", "weave": "texture", "disc": "object"}
 DEFECTS = {"stripes": ("scratch", "stain"), "weave": ("hole", "thread"), "disc": ("crack", "spot")}
@@ -93,13 +93,14 @@ def _defect(category: str, kind: str, img: np.ndarray, rng) -> tuple[np.ndarray,
     if category == "disc":
         inside = img.mean(axis=2) > 0.3
     if kind in ("scratch", "thread", "crack"):
-        mask = _line_mask(rng, rng.uniform(25, 50), rng.uniform(2, 4), inside)
-        colour = {"scratch": (1.0, 1.0, 0.95), "thread": (0.85, 0.2, 0.2), "crack": (0.05, 0.05, 0.05)}[kind]
+        mask = _line_mask(rng, rng.uniform(20, 45), rng.uniform(2, 3.5), inside)
+        colour = {"scratch": (0.95, 0.9, 0.7), "thread": (0.7, 0.3, 0.25), "crack": (0.12, 0.12, 0.12)}[kind]
     else:
-        mask = _blob_mask(rng, rng.uniform(6, 11), inside)
-        colour = {"stain": (0.25, 0.15, 0.05), "hole": (0.0, 0.0, 0.0), "spot": (0.2, 0.5, 0.9)}[kind]
+        mask = _blob_mask(rng, rng.uniform(4, 9), inside)
+        colour = {"stain": (0.35, 0.25, 0.15), "hole": (0.1, 0.1, 0.12), "spot": (0.35, 0.5, 0.75)}[kind]
     out = img.copy()
-    alpha = 0.85
+    # faint defects (alpha 0.4-0.75) keep the demo from being solved by every configuration
+    alpha = rng.uniform(0.4, 0.75)
     out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(colour, np.float32)
     return np.clip(out, 0, 1), mask
 

@@ -2,8 +2,9 @@
 bank, nearest-neighbour scores.
 
 Speed choices, all on the GPU when there is one:
-- the greedy k-center loop keeps every pick on the device (no `.item()` per pick), and runs on a
-  random projection of the features (the paper's Johnson-Lindenstrauss trick) to `projection_dim`;
+- the greedy k-center loop keeps every pick on the device (no `.item()` per pick), costs one
+  matrix-vector product per pick, and runs on a random projection of the features (the paper's
+  Johnson-Lindenstrauss trick) to `projection_dim`;
 - nearest-neighbour search is chunked so that a large bank never builds one giant distance matrix.
 """
 from __future__ import annotations
@@ -33,6 +34,11 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 
 
     Each step takes the row farthest from everything picked so far. Distances are measured after
     a fixed random projection to `projection_dim` dims when the features are wider than that.
+
+    Speed: one pick is one matrix-vector product, `|x|^2 + [x, 1] . [-2c, |c|^2]` (an addmv over
+    rows stored with an extra column), plus a minimum, a fill and an argmax, all on the device; the
+    picked index never comes back to the host inside the loop. A picked row's distance is set to
+    -inf, so no row is picked twice even among exact duplicates.
     """
     n = features.shape[0]
     n_select = max(1, min(int(n_select), n))
@@ -42,27 +48,42 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 
         proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
         x = x @ proj.to(x.device)
     start = int(torch.randint(n, (1,), generator=gen))
-    picks = torch.empty(n_select, dtype=torch.long, device=x.device)
-    picks[0] = start
-    min_dist = torch.sum((x - x[start]) ** 2, dim=1)
-    min_dist[start] = -1.0  # never picked twice
-    for i in range(1, n_select):
-        idx = torch.argmax(min_dist)
-        picks[i] = idx
-        min_dist = torch.minimum(min_dist, torch.sum((x - x[idx]) ** 2, dim=1))
-        min_dist[idx] = -1.0
+    sq_norms = (x * x).sum(dim=1)
+    ones = torch.ones_like(sq_norms)[:, None]
+    # [x, 1] stored column-major: the matrix-vector product then streams whole columns, ~3x faster
+    # than a row-major gemv on the CPU (measured) and as fast on the GPU
+    rows = torch.cat([x, ones], dim=1).T.contiguous().T
+    centers = torch.cat([-2.0 * x, sq_norms[:, None]], dim=1)  # [-2x, |x|^2]: a pick's query vector
+    del x
+    picks = torch.empty(n_select, dtype=torch.long, device=rows.device)
+    min_dist = torch.full((n,), math.inf, device=rows.device)
+    dist = torch.empty_like(min_dist)
+    idx = torch.full((1,), start, dtype=torch.long, device=rows.device)
+    for i in range(n_select):
+        picks[i:i + 1] = idx
+        torch.addmv(sq_norms, rows, centers.index_select(0, idx)[0], out=dist)  # squared distances
+        torch.minimum(min_dist, dist, out=min_dist)
+        min_dist.index_fill_(0, idx, -math.inf)  # never picked twice
+        idx = torch.argmax(min_dist).view(1)
     return picks
 
 
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-    """Euclidean distance from each query row to its nearest bank row, chunked over queries."""
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 16384,
+                      max_elements: int = 1 << 26) -> torch.Tensor:
+    """Euclidean distance from each query row to its nearest bank row.
+
+    Chunked over queries so the (chunk x bank) distance block stays under `max_elements`
+    (256 MB in float32) however large the bank is.
+    """
     out = torch.empty(queries.shape[0], device=queries.device, dtype=torch.float32)
     bank = bank.float()
     bank_sq = (bank ** 2).sum(1)
-    for s in range(0, queries.shape[0], chunk):
-        q = queries[s:s + chunk].float()
-        d2 = (q ** 2).sum(1, keepdim=True) - 2 * q @ bank.T + bank_sq[None]
-        out[s:s + chunk] = d2.min(dim=1).values.clamp_min(0).sqrt()
+    rows = max(1, min(chunk, max_elements // max(1, bank.shape[0])))
+    for s in range(0, queries.shape[0], rows):
+        q = queries[s:s + rows].float()
+        d2 = torch.addmm(bank_sq[None], q, bank.T, alpha=-2.0)
+        d2 += (q ** 2).sum(1, keepdim=True)
+        out[s:s + rows] = d2.min(dim=1).values.clamp_min_(0).sqrt_()
     return out
 
 

@@ -1,0 +1,26 @@
+"""raybench: the best anomaly-detection model per product category, tuned with Ray Tune + Optuna,
+tracked in MLflow."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def best_model(category: str, dataset: str | None = None, method: str | None = None,
+               tracking_uri: str | None = None, device: str | None = None):
+    """The Detector of the best FINISHED run for `category` (highest image AUROC, pixel AUROC
+    breaks ties), optionally restricted to a dataset and/or method."""
+    from raybench import tracking
+    from raybench.detector import Detector
+    runs = [r for r in tracking.finished_runs(tracking_uri, dataset, category, method)
+            if r.data.tags.get("checkpoint") == "yes"]
+    if not runs:
+        where = ", ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("method", method)) if v)
+        raise LookupError(f"no finished run with a checkpoint for category {category!r}"
+                          f"{' (' + where + ')' if where else ''} in {tracking.tracking_uri(tracking_uri)}")
+    best = runs[0]
+    det = Detector.load(tracking.download_detector(best, tracking_uri), device=device)
+    det.meta["run_id"] = best.info.run_id
+    return det
+
+
+__all__ = ["best_model", "__version__"]

@@ -1,0 +1,149 @@
+"""`raybench` command line: parses, calls sweep/tracking/detector, prints. Nothing else."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)  # numbers, booleans and [lists] as YAML
+    return out
+
+
+def _add_common(p):
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from raybench.data import DATASETS
+    parser = argparse.ArgumentParser(prog="raybench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sweep", help="tune a method per category and track every trial in MLflow")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--data-root", default=None, help="dataset folder (not needed for demo)")
+    p.add_argument("--categories", default="all", help="comma list or 'all'")
+    p.add_argument("--method", default="patchcore")
+    p.add_argument("--trials", type=int, default=None, help="trials per category (demo: 4, else 8)")
+    p.add_argument("--search-space", default=None, help="YAML file (default search_spaces/<method>.yaml)")
+    _add_common(p)
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="fractions pack several trials on one GPU (default 1 if a GPU is visible, else 0)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers per trial")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None, help="imagenet | random | PATH (demo: random)")
+    p.add_argument("--budget", default="default", choices=("smoke", "default", "paper"))
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="fix a config field for every trial (repeatable)")
+    p.add_argument("--storage", default=None, help="Ray Tune storage (default ./.raybench/ray_results; $RAYBENCH_STORAGE)")
+    p.add_argument("--sweep-id", default=None)
+    p.add_argument("--resume", action="store_true", help="finish the latest (or --sweep-id) sweep")
+    p.add_argument("--asha", action="store_true", help="ASHA early stopping (trained methods; epochs as resource)")
+    p.add_argument("--max-concurrent", type=int, default=None)
+
+    p = sub.add_parser("leaderboard", help="best image/pixel AUROC per category x method")
+    p.add_argument("dataset", nargs="?", default=None)
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="score images with the best model of a category")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--category", required=True)
+    p.add_argument("--method", default=None)
+    p.add_argument("--out", default=None, help="folder for anomaly maps (.npy and .png)")
+    _add_common(p)
+
+    p = sub.add_parser("methods", help="list methods and their config fields")
+    return parser
+
+
+def cmd_sweep(args) -> int:
+    import torch
+
+    from raybench.sweep import DATASET_PRESETS, SweepSpec, run_sweep
+    from raybench.tracking import format_leaderboard
+    trials = args.trials or DATASET_PRESETS.get(args.dataset, {}).get("trials", 8)
+    gpus = args.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if torch.cuda.is_available() and not args.address else 0.0
+    spec = SweepSpec(
+        dataset=args.dataset, data_root=args.data_root, categories=args.categories, method=args.method,
+        trials=trials, search_space=args.search_space, tracking_uri=args.tracking_uri,
+        experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=gpus, workers=args.workers, seed=args.seed, weights=args.weights,
+        budget=args.budget, overrides=_parse_set(args.overrides), storage=args.storage,
+        sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent)
+    rows = run_sweep(spec)
+    print("\nLeaderboard (best FINISHED run per category x method):")
+    print(format_leaderboard(rows))
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from raybench.tracking import format_leaderboard, leaderboard
+    print(format_leaderboard(leaderboard(args.tracking_uri, args.dataset)))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from raybench import best_model
+    det = best_model(args.category, dataset=args.dataset, method=args.method, tracking_uri=args.tracking_uri)
+    scores, maps = det.predict(args.images)
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    for path, score, amap in zip(args.images, scores, maps):
+        print(f"{score:.6f}\t{path}")
+        if out:
+            stem = Path(path).stem
+            np.save(out / f"{stem}_map.npy", amap)
+            lo, hi = float(amap.min()), float(amap.max())
+            img = ((amap - lo) / (hi - lo + 1e-12) * 255).astype(np.uint8)
+            Image.fromarray(img).save(out / f"{stem}_map.png")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    import dataclasses
+
+    from raybench.methods import get_method, method_names
+    for name in method_names():
+        spec = get_method(name)
+        print(f"{name}: {spec.description}")
+        for f in dataclasses.fields(spec.config_cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"    {f.name} = {default!r}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from raybench.errors import RaybenchError
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.command == "sweep" and not args.address else None
+    handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
+               "methods": cmd_methods}[args.command]
+    try:
+        return handler(args)
+    except (RaybenchError, ValueError, KeyError) as err:
+        print(f"raybench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

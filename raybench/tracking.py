@@ -1,0 +1,167 @@
+"""MLflow: one experiment per dataset, one run per trial, the leaderboard and best-run queries.
+
+Only the sweep's driver writes to MLflow (through `raybench.sweep.MLflowTrialLogger`): trials
+never talk to the store, so a sqlite file works with many concurrent trials, and every run is
+ended by one process that sees every trial's fate.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from raybench.errors import TrackingError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXPERIMENT_PREFIX = "raybench-"
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def experiment_name(dataset: str, explicit: str | None = None) -> str:
+    return explicit or f"{EXPERIMENT_PREFIX}{dataset}"
+
+
+def client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=tracking_uri(uri))
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    """For a sqlite/file store, artifacts go to ./mlartifacts beside it (a file:// URI); a
+    tracking server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
+    """Refuse to start a sweep whose results could not be recorded."""
+    uri = tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: folder {db.parent} is not writable "
+                                f"(pass --tracking-uri sqlite:///WRITABLE/PATH/mlflow.db)")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as err:
+        raise TrackingError(
+            f"MLflow tracking server {uri} cannot be reached ({type(err).__name__}: {str(err)[:200]}). "
+            f"Start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1`) "
+            f"or pass --tracking-uri / set MLFLOW_TRACKING_URI.") from None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri(uri)))
+    except Exception:
+        exp = c.get_experiment_by_name(name)  # created concurrently
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def _raybench_experiments(c, dataset: str | None):
+    if dataset:
+        exp = c.get_experiment_by_name(experiment_name(dataset))
+        return [exp] if exp else []
+    return [e for e in c.search_experiments() if e.name.startswith(EXPERIMENT_PREFIX)]
+
+
+def finished_runs(uri: str | None = None, dataset: str | None = None, category: str | None = None,
+                  method: str | None = None, experiment: str | None = None) -> list:
+    """FINISHED runs, best first: image AUROC, then pixel AUROC breaks ties."""
+    c = client(uri)
+    if experiment:
+        exp = c.get_experiment_by_name(experiment)
+        exps = [exp] if exp else []
+    else:
+        exps = _raybench_experiments(c, dataset)
+    if not exps:
+        return []
+    filters = ["attributes.status = 'FINISHED'"]
+    for key, value in (("category", category), ("method", method)):
+        if value:
+            filters.append(f"tags.{key} = '{value}'")
+    runs, token = [], None
+    while True:
+        page = c.search_runs([e.experiment_id for e in exps], " and ".join(filters),
+                             max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+
+    def key(run):
+        m = run.data.metrics
+        img, pix = m.get("image_auroc", -math.inf), m.get("pixel_auroc", -math.inf)
+        return (-(img if not math.isnan(img) else -math.inf), -(pix if not math.isnan(pix) else -math.inf))
+    return sorted((r for r in runs if "image_auroc" in r.data.metrics), key=key)
+
+
+@dataclass
+class LeaderboardRow:
+    dataset: str
+    category: str
+    method: str
+    image_auroc: float
+    pixel_auroc: float
+    aupro: float
+    n_runs: int
+    run_id: str
+
+
+def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: str | None = None) -> list[LeaderboardRow]:
+    """Best run per (category, method) among FINISHED runs."""
+    best: dict[tuple, LeaderboardRow] = {}
+    for run in finished_runs(uri, dataset, experiment=experiment):  # best first
+        tags, m = run.data.tags, run.data.metrics
+        key = (tags.get("dataset", "?"), tags.get("category", "?"), tags.get("method", "?"))
+        if key in best:
+            best[key].n_runs += 1
+            continue
+        best[key] = LeaderboardRow(*key, m.get("image_auroc", math.nan), m.get("pixel_auroc", math.nan),
+                                   m.get("aupro", math.nan), 1, run.info.run_id)
+    return sorted(best.values(), key=lambda r: (r.dataset, r.category, -r.image_auroc))
+
+
+def format_leaderboard(rows: list[LeaderboardRow]) -> str:
+    if not rows:
+        return "(no finished runs)"
+    head = f"{'dataset':<10} {'category':<16} {'method':<14} {'img AUROC':>9} {'pix AUROC':>9} {'AUPRO':>7} {'runs':>5}  run"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.dataset:<10} {r.category:<16} {r.method:<14} {r.image_auroc:>9.4f} "
+                     f"{r.pixel_auroc:>9.4f} {r.aupro:>7.4f} {r.n_runs:>5}  {r.run_id[:8]}")
+    return "\n".join(lines)
+
+
+def download_detector(run, uri: str | None = None, dst: str | None = None) -> Path:
+    import mlflow.artifacts
+    dst = dst or tempfile.mkdtemp(prefix="raybench-detector-")
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="detector",
+                                               dst_path=dst, tracking_uri=tracking_uri(uri))
+    return Path(path)

@@ -1,0 +1,50 @@
+"""Metrics against hand-computed values."""
+import numpy as np
+import pytest
+
+from raybench.metrics import aupro, f1_max, image_auroc, pixel_auroc
+
+
+def test_image_auroc_counts_ordered_pairs():
+    # anomalous {0.8, 0.4}, normal {0.1, 0.5}: pairs (a>n): 0.8>0.1, 0.8>0.5, 0.4>0.1 -> 3 of 4
+    assert image_auroc([1, 1, 0, 0], [0.8, 0.4, 0.1, 0.5]) == pytest.approx(0.75)
+
+
+def test_image_auroc_ties_count_half():
+    assert image_auroc([1, 0], [0.3, 0.3]) == pytest.approx(0.5)
+
+
+def test_image_auroc_needs_both_classes():
+    with pytest.raises(ValueError):
+        image_auroc([0, 0], [0.1, 0.2])
+
+
+def test_pixel_auroc_flattens_maps():
+    masks = np.array([[[1, 0], [0, 0]]])
+    maps = np.array([[[0.9, 0.2], [0.95, 0.1]]])
+    # one positive (0.9) vs negatives 0.2, 0.95, 0.1 -> beats 2 of 3
+    assert pixel_auroc(masks, maps) == pytest.approx(2 / 3)
+
+
+def test_f1_max_hand_computed():
+    # threshold 0.4 -> predict {0.9, 0.8(normal), 0.4}: tp=2, fp=1, fn=0 -> P=2/3, R=1, F1=0.8
+    # threshold 0.9 -> tp=1, fp=0, fn=1 -> F1=2/3; best is 0.8
+    assert f1_max([1, 0, 1, 0], [0.9, 0.8, 0.4, 0.1]) == pytest.approx(0.8)
+
+
+def test_aupro_perfect_and_inverted_maps():
+    mask = np.zeros((1, 20, 20), np.uint8)
+    mask[0, 5:10, 5:10] = 1
+    assert aupro(mask, mask.astype(float)) == pytest.approx(1.0)
+    assert aupro(mask, 1.0 - mask) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_aupro_averages_regions_not_pixels():
+    # two regions: a large one fully detected, a small one missed -> PRO = 0.5 at low FPR,
+    # whereas pixel recall would be 100/104
+    mask = np.zeros((1, 30, 30), np.uint8)
+    mask[0, 0:10, 0:10] = 1
+    mask[0, 20:22, 20:22] = 1
+    amap = np.zeros((1, 30, 30))
+    amap[0, 0:10, 0:10] = 1.0
+    assert aupro(mask, amap) == pytest.approx(0.5, abs=0.02)

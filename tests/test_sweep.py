@@ -1,0 +1,132 @@
+"""The whole spine on a real local Ray and a real MLflow store: sweep -> runs -> best_model."""
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from raybench import best_model, tracking
+from raybench.cli import main
+from raybench.config import field_types
+from raybench.errors import DatasetError, TrackingError
+from raybench.methods import get_method
+from raybench.sweep import SweepSpec, run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def spec_for(tmp_path, demo_root, uri, **kw):
+    base = dict(dataset="demo", data_root=str(demo_root), categories="stripes,disc", trials=2,
+                budget="smoke", tracking_uri=uri, storage=str(tmp_path / "ray"), cpus_per_trial=1)
+    return SweepSpec(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, demo_root, ray_local):
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    rows = run_sweep(spec_for(tmp, demo_root, uri))
+    return uri, rows, tmp
+
+
+def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(finished_sweep):
+    uri, rows, _ = finished_sweep
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("raybench-demo")
+    runs = c.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    fields = set(field_types(get_method("patchcore").config_cls))
+    for run in runs:
+        tags = run.data.tags
+        assert tags["dataset"] == "demo" and tags["method"] == "patchcore" and tags["category"] in ("stripes", "disc")
+        assert tags["sweep_id"] and tags["git_commit"] and tags["checkpoint"] == "yes"
+        assert set(run.data.params) == fields and run.data.params["weights"] == "random"
+        for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "inference_seconds"):
+            assert math.isfinite(run.data.metrics[m]), m
+        files = {a.path for a in c.list_artifacts(run.info.run_id, "detector")}
+        assert files == {"detector/detector.json", "detector/weights.safetensors"}
+    assert {(r.category, r.method, r.n_runs) for r in rows} == {("stripes", "patchcore", 2), ("disc", "patchcore", 2)}
+
+
+def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, demo_root):
+    uri, _, _ = finished_sweep
+    runs = tracking.finished_runs(uri, "demo", "disc")
+    top = max(runs, key=lambda r: (r.data.metrics["image_auroc"], r.data.metrics["pixel_auroc"]))
+    det = best_model("disc", tracking_uri=uri, device="cpu")
+    assert det.meta["run_id"] == top.info.run_id
+    again = det.evaluate(demo_root)
+    assert again["image_auroc"] == pytest.approx(top.data.metrics["image_auroc"], abs=1e-6)
+    # float32 maps summed in another thread layout: equal to ~1e-6, not bit for bit
+    assert again["pixel_auroc"] == pytest.approx(top.data.metrics["pixel_auroc"], abs=1e-5)
+    with pytest.raises(LookupError, match="no finished run"):
+        best_model("disc", method="siamese-unet", tracking_uri=uri)
+
+
+def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys):
+    uri, _, _ = finished_sweep
+    assert main(["leaderboard", "demo", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "stripes" in out and "disc" in out and "patchcore" in out
+    images = sorted(str(p) for p in (demo_root / "disc" / "test" / "crack").glob("*.png"))[:2]
+    assert main(["predict", "--category", "disc", "--tracking-uri", uri, "--out", str(tmp_path / "maps"), *images]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if "\t" in l]
+    assert len(lines) == 2 and all(float(l.split("\t")[0]) > 0 for l in lines)
+    assert np.load(tmp_path / "maps" / "000_map.npy").shape == (64, 64)
+
+
+def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(tmp_path, demo_root, ray_local):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rows = run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=1,
+                              overrides={"layers": ["layer9"]}, max_failures=0))
+    assert rows == []
+    (run,) = tracking.client(uri).search_runs([tracking.client(uri).get_experiment_by_name("raybench-demo").experiment_id])
+    assert run.info.status == "FAILED" and "layer9" in run.data.tags["error"]
+
+
+def test_bad_inputs_stop_the_sweep_before_any_trial(tmp_path, demo_root, mvtec_root, ray_local):
+    bad = mvtec_root / "bottle" / "test" / "good" / "000.png"
+    bad.write_bytes(b"garbage")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(DatasetError, match="000.png"):
+        run_sweep(spec_for(tmp_path, demo_root, uri, dataset="mvtec", data_root=str(mvtec_root), categories="bottle"))
+    with pytest.raises(TrackingError, match="cannot be reached"):
+        run_sweep(spec_for(tmp_path, demo_root, "http://127.0.0.1:9"))
+    with pytest.raises(TrackingError, match="storage"):
+        run_sweep(spec_for(tmp_path, demo_root, uri, storage="/proc/raybench-cannot-write"))
+    assert not (tmp_path / "mlflow.db").exists() or not tracking.finished_runs(uri)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
+         "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not answer /health in 90 s")
+        run_sweep(spec_for(tmp_path, demo_root, uri, categories="weave", trials=1))
+        det = best_model("weave", tracking_uri=uri, device="cpu")
+        assert det.method == "patchcore"
+        assert (tmp_path / "artifacts").exists()  # artifacts went through the server to its store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
