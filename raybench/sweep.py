@@ -109,14 +109,42 @@ def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None)
     return metrics, Detector(spec.name, config, result.scorer, meta)
 
 
+RESULT_FILE, DETECTOR_DIR = "result.json", "detector"
+
+
 def _report_with_checkpoint(metrics: dict, detector: Detector, config) -> None:
+    """The final report: metrics plus a checkpoint holding the Detector and those same metrics,
+    so a trial restored from it (after a driver or node died) reports again without refitting."""
+    final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1}
     with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as tmp:
-        detector.save(tmp)
-        final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1}
+        detector.save(Path(tmp) / DETECTOR_DIR)
+        (Path(tmp) / RESULT_FILE).write_text(json.dumps(final))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def _finished_result() -> dict | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / RESULT_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _quiet_ray_logs() -> None:
+    """Progress is one line per finished trial (MLflowTrialLogger); Ray's per-checkpoint INFO
+    lines and snapshot warnings would bury it."""
+    import logging
+    for name in ("ray.train", "ray.tune", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_trial(params: dict, ctx: TrialContext) -> None:
+    _quiet_ray_logs()
+    done = _finished_result()
+    if done is not None:  # restored after its final checkpoint was saved: nothing to redo
+        tune.report(done)
+        return
     params = dict(params)
     category_name = params.pop("category")
     config = build_config(ctx.method, ctx.base, decode_params(params), ctx.overrides)
@@ -161,7 +189,7 @@ def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dic
         run_config=RunConfig(name=f"ddp-{uuid.uuid4().hex[:8]}", storage_path=tempfile.mkdtemp(prefix="raybench-ddp-")),
     )
     result = trainer.fit()
-    with result.checkpoint.as_directory() as folder:
+    with result.checkpoint.as_directory() as folder:  # rank 0 saved the Detector there
         detector = Detector.load(folder, device="cpu")
     return dict(result.metrics), detector
 
@@ -236,12 +264,13 @@ class MLflowTrialLogger(Callback):
         self._client = None
         self._runs: dict[str, str] = {}
         self._params_logged: set[str] = set()
+        self._already_finished: set[str] = set()  # trials a resumed sweep finds FINISHED: left as they are
         self.completed = 0
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state
         state = self.__dict__.copy()
         # a restored logger finds its runs again by tags (see _run_id), never by stale ids
-        state.update(_client=None, _runs={}, _params_logged=set())
+        state.update(_client=None, _runs={}, _params_logged=set(), _already_finished=set())
         return state
 
     @property
@@ -259,7 +288,9 @@ class MLflowTrialLogger(Callback):
             f"tags.sweep_id = '{self.tags['sweep_id']}' and tags.trial_id = '{trial.trial_id}'", max_results=1)
         if found:
             run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING":
+            if found[0].info.status == "FINISHED":
+                self._already_finished.add(trial.trial_id)
+            elif found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         else:
             category = trial.config.get("category", "?")
@@ -297,22 +328,28 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_id(trial)
+        if trial.trial_id in self._already_finished:
+            return
         self._log_params(run_id, result)
         self._log_metrics(run_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
         result = trial.last_result or {}
+        self.completed += 1
+        if trial.trial_id in self._already_finished:
+            print(f"[{self.completed}/{self.total}] {trial.config.get('category')}: finished before the resume",
+                  flush=True)
+            return
         checkpoint = trial.checkpoint
         if checkpoint is not None and result.get("final"):
             with checkpoint.as_directory() as folder:
-                self.client.log_artifacts(run_id, folder, "detector")
+                self.client.log_artifacts(run_id, str(Path(folder) / DETECTOR_DIR), "detector")
             self.client.set_tag(run_id, "checkpoint", "yes")
         else:
             self.client.set_tag(run_id, "checkpoint", "no")
             self.client.set_tag(run_id, "stopped_early", "yes")
         self.client.set_terminated(run_id, "FINISHED")
-        self.completed += 1
         print(f"[{self.completed}/{self.total}] {trial.config.get('category')} {self.tags['method']}: "
               f"image AUROC {result.get('image_auroc', float('nan')):.4f}, "
               f"pixel AUROC {result.get('pixel_auroc', float('nan')):.4f}, "
@@ -404,7 +441,11 @@ def _latest_file(root: str, dataset: str, method: str) -> Path | None:
 
 def run_sweep(spec: SweepSpec, log=print) -> list:
     """Run a sweep to completion; return the leaderboard rows of this dataset."""
+    import optuna
     import ray
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     method = get_method(spec.method)
     space = load_search_space(spec.method, spec.search_space)
     overrides = {}
@@ -413,14 +454,16 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         overrides = {k: v for k, v in overrides.items() if k in spec.overrides}
         space = space.without(overrides)
     base = resolve_base_config(spec, space)
-    from_dict(method.config_cls, {**base, **overrides}, method=spec.method)  # fails early on bad values
+    first_config = from_dict(method.config_cls, {**base, **overrides}, method=spec.method)  # fails early
 
     categories = load_dataset(spec.dataset, spec.data_root, spec.categories)
     for cat in categories:  # every file opened once: a bad one stops us here, named
         validate_category(cat)
         log(f"data: {cat.summary()}")
-    if base.get("weights") == "random":
+    if first_config.weights == "random":
         log("weights: RANDOM initialisation (asked for" + (" by the demo preset" if not spec.weights else "") + ")")
+    else:  # fetch (or read) the weights once here, so a missing hub or file fails before any trial
+        method.build(first_config)
 
     uri = tracking.tracking_uri(spec.tracking_uri)
     tracking.check_tracking(uri)
@@ -481,5 +524,6 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     random.seed(spec.seed)
+    _quiet_ray_logs()
     tuner.fit()
     return tracking.leaderboard(uri, experiment=exp_name)

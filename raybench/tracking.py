@@ -135,17 +135,20 @@ class LeaderboardRow:
 
 
 def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: str | None = None) -> list[LeaderboardRow]:
-    """Best run per (category, method) among FINISHED runs."""
-    best: dict[tuple, LeaderboardRow] = {}
+    """Best run per (dataset, category, method) among FINISHED runs that kept a checkpoint (the
+    run `best_model` would load); `n_runs` counts every FINISHED run of the group."""
+    groups: dict[tuple, list] = {}
     for run in finished_runs(uri, dataset, experiment=experiment):  # best first
-        tags, m = run.data.tags, run.data.metrics
-        key = (tags.get("dataset", "?"), tags.get("category", "?"), tags.get("method", "?"))
-        if key in best:
-            best[key].n_runs += 1
-            continue
-        best[key] = LeaderboardRow(*key, m.get("image_auroc", math.nan), m.get("pixel_auroc", math.nan),
-                                   m.get("aupro", math.nan), 1, run.info.run_id)
-    return sorted(best.values(), key=lambda r: (r.dataset, r.category, -r.image_auroc))
+        tags = run.data.tags
+        groups.setdefault((tags.get("dataset", "?"), tags.get("category", "?"), tags.get("method", "?")), []).append(run)
+    rows = []
+    for key, runs in groups.items():
+        with_model = [r for r in runs if r.data.tags.get("checkpoint") == "yes"]
+        best = (with_model or runs)[0]
+        m = best.data.metrics
+        rows.append(LeaderboardRow(*key, m.get("image_auroc", math.nan), m.get("pixel_auroc", math.nan),
+                                   m.get("aupro", math.nan), len(runs), best.info.run_id))
+    return sorted(rows, key=lambda r: (r.dataset, r.category, -r.image_auroc))
 
 
 def format_leaderboard(rows: list[LeaderboardRow]) -> str:

@@ -130,3 +130,11 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_weights_that_cannot_be_had_stop_the_sweep_with_a_clear_error(tmp_path, demo_root, ray_local):
+    from raybench.errors import WeightsError
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(WeightsError, match="nowhere.safetensors not found"):
+        run_sweep(spec_for(tmp_path, demo_root, uri, weights=str(tmp_path / "nowhere.safetensors")))
+    assert not (tmp_path / "ray").exists()  # nothing started
