@@ -15,6 +15,7 @@ Categorical choices may be lists (layer sets); Optuna stores them as their JSON 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from raybench.config import coerce, field_types
 from raybench.errors import ConfigError
 from raybench.methods.base import get_method
 
-SEARCH_SPACE_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+# the repository's search_spaces/ (raybench is installed editable, as README and cluster.yaml do);
+# RAYBENCH_SEARCH_SPACES points elsewhere, and --search-space FILE always works
+SEARCH_SPACE_DIR = Path(os.environ.get("RAYBENCH_SEARCH_SPACES") or Path(__file__).resolve().parents[1] / "search_spaces")
 _KEYS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
          "categorical": {"choices"}}
 

@@ -57,7 +57,7 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 HEAD_IP = "127.0.0.1"
 # CPUs the loopback head offers Ray. A sweep whose trials start Ray Train workers needs more than
 # one trial's worth (trial function + workers), e.g. 2 with resources_per_worker={"CPU": 0.5}.
-HEAD_NUM_CPUS = 1
+HEAD_NUM_CPUS = 2  # a trial plus the Tune driver's bookkeeping
 
 pytestmark = pytest.mark.slow
 
@@ -221,14 +221,29 @@ JOB = textwrap.dedent(
     results = ray.get([square.remote(i) for i in range(8)])
     uri = os.environ["MLFLOW_TRACKING_URI"]
     health = urllib.request.urlopen(uri + "/health", timeout=10).read().decode().strip()
+    nodes = ray.nodes()
+    ray.shutdown()
+
+    # a smoke sweep through the cluster, the way a user runs it on the head node
+    import subprocess, sys
+    sweep = subprocess.run([sys.executable, "-m", "raybench.cli", "sweep", "demo", "--address", "auto",
+                            "--categories", "stripes", "--trials", "1", "--budget", "smoke"],
+                           capture_output=True, text=True, timeout=600)
+    print(sweep.stdout[-3000:], sweep.stderr[-3000:])
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("raybench-demo")
+    runs = client.search_runs([exp.experiment_id]) if exp else []
     print("RAYBENCH_E2E_RESULT " + json.dumps({
         "sum": sum(r[0] for r in results),
-        "nodes": len(ray.nodes()),
-        "node_ips": sorted(n["NodeManagerAddress"] for n in ray.nodes()),
+        "nodes": len(nodes),
+        "node_ips": sorted(n["NodeManagerAddress"] for n in nodes),
         "mlflow_uri": uri,
         "mlflow_health": health,
         "storage": os.environ.get("RAYBENCH_STORAGE"),
         "auth_mode": os.environ.get("RAY_AUTH_MODE"),
+        "sweep_rc": sweep.returncode,
+        "runs": sorted(r.info.status for r in runs),
     }))
     """
 )
@@ -374,7 +389,13 @@ def loopback_head():
         yield {"base": base, "tag": tag, "user": user, "ssh_port": port}
     finally:
         _kill_pids(_tagged_pids(tag))  # Ray head, MLflow, anything left by the launcher
-        leftover = [p for p in _tagged_pids(tag) if not _is_zombie(p)]
+        deadline = time.monotonic() + 20  # killed processes take a moment to be reaped
+        while True:
+            leftover = [p for p in _tagged_pids(tag) if not _is_zombie(p)]
+            if not leftover or time.monotonic() > deadline:
+                break
+            _kill_pids(leftover)
+            time.sleep(0.5)
         sshd.terminate()
         try:
             sshd.wait(10)
@@ -431,7 +452,7 @@ def test_ray_up_onprem_on_loopback(loopback_head):
         t_up = time.monotonic() - t0
 
         rc, out = _run([RAY_CLI, "submit", str(cfg_path), str(base / "job.py")],
-                       env=env, cwd=REPO, timeout=180, log=log)
+                       env=env, cwd=REPO, timeout=600, log=log)
         assert rc == 0, f"ray submit failed (rc={rc}):\n{out[-6000:]}"
         line = next((l for l in out.splitlines() if l.startswith("RAYBENCH_E2E_RESULT ")), None)
         assert line, out[-6000:]
@@ -442,6 +463,7 @@ def test_ray_up_onprem_on_loopback(loopback_head):
         assert result["mlflow_health"] == "OK"
         assert result["storage"] == str(base / "shared" / "ray_results")
         assert result["auth_mode"] == "token"
+        assert result["sweep_rc"] == 0 and result["runs"] == ["FINISHED"], out[-6000:]
         # MLflow answers on loopback from here too, and its stores are where the YAML says.
         with urllib.request.urlopen(f"http://{HEAD_IP}:{ports['mlflow']}/health", timeout=10) as r:
             assert r.read().decode().strip() == "OK"
