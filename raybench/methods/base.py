@@ -15,9 +15,10 @@ from raybench.data.layout import Category
 
 BUDGETS = ("smoke", "default", "paper")
 
-# on_epoch(epoch, scorer) is called after each training epoch; the sweep uses it to report
-# intermediate metrics (ASHA) and may raise to stop the trial.
-EpochHook = Callable[[int, nn.Module], None]
+# on_epoch(epoch, scorer[, excluded_test]) is called after each training epoch; the sweep uses it
+# to report intermediate metrics (ASHA) and may stop the trial there. A method that trains on test
+# images passes them as excluded_test so the report never scores them.
+EpochHook = Callable[..., None]
 
 
 class Scorer(Protocol):

@@ -1,0 +1,1 @@
+"""Benchmark scripts (not tests): run by hand, print figures."""
