@@ -1,0 +1,254 @@
+"""Benchmark: raybench's PatchCore vs anomalib's Patchcore (same resnet18 weights, layers 2 + 3,
+image size, coreset ratio, device), plus the full fit time and AUROCs of the trained methods
+(`cutswap`, `cutpaste`) and the untuned `patchcore` method, per seed.
+
+    python -m raybench.bench.patchcore --data-root /work/shared/data/magnetic_tile --category magnetic_tile \\
+        --image-size 128 --coreset-ratio 0.01 --weights random --seeds 0 1 2 --train-limit 200 --test-limit 120
+
+Printed per seed: fit seconds (embedding + coreset), coreset seconds, inference images/s, image and
+pixel AUROC (pixel AUROC at --image-size). The peer runs only where `import anomalib` works (it is
+not a raybench dependency: install it into a separate venv together with raybench); otherwise the
+script says it skipped the peer and why.
+
+Fairness: both PatchCores embed the same preloaded float tensors with the same backbone weights
+(anomalib's extractor is loaded with raybench's resnet18 state dict, whatever --weights says) and
+are scored with raybench.metrics. Differences that remain are the methods' own: anomalib scores an
+image with the nearest-neighbour reweighting of the paper (num_neighbors=9), raybench with the plain
+maximum patch distance; both smooth maps with sigma 4.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from raybench.config import from_dict
+from raybench.data import load_dataset
+from raybench.data.tensors import iterate_batches, load_images, load_masks
+from raybench.evaluation import evaluate_scorer, score_images
+from raybench.methods import get_method
+from raybench.metrics import evaluate_predictions
+from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from raybench.models.common import pick_device, set_seed
+
+
+def evenly_spaced(items: list, limit: int | None) -> list:
+    if not limit or limit >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / limit)] for i in range(limit)]
+
+
+def subset(category, train_limit, test_limit):
+    good = [s for s in category.test if s.label == 0]
+    bad = [s for s in category.test if s.label == 1]
+    if test_limit:
+        good, bad = evenly_spaced(good, test_limit // 2), evenly_spaced(bad, test_limit - test_limit // 2)
+    return dataclasses.replace(category, train=evenly_spaced(category.train, train_limit), test=good + bad)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_raybench_patchcore(config, train, test, labels, masks, device, batch_size):
+    spec = get_method("patchcore")
+    model = spec.build(config).to(device)
+    sync(device)
+    start = time.perf_counter()
+    info = model.fit(iterate_batches(train, batch_size, device), config.coreset_ratio, config.projection_dim,
+                     config.seed)
+    sync(device)
+    fit_seconds = time.perf_counter() - start
+    # coreset alone, re-run on the same embeddings for the split of the fit time
+    with torch.no_grad():
+        embeddings = torch.cat([model.embed(b).flatten(0, 2) for b in iterate_batches(train, batch_size, device)])
+    from raybench.models.patchcore import greedy_coreset
+    sync(device)
+    start = time.perf_counter()
+    greedy_coreset(embeddings, info["bank_size"], config.projection_dim, config.seed)
+    sync(device)
+    coreset_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, maps = score_images(model, test, batch_size, device)
+    sync(device)
+    infer_seconds = time.perf_counter() - start
+    metrics = evaluate_predictions(labels, scores, masks, maps, with_aupro=False)
+    return model, {"fit_s": fit_seconds, "coreset_s": coreset_seconds, "infer_img_s": len(test) / infer_seconds,
+                   "n_patches": info["n_patches"], "bank": info["bank_size"], **metrics}
+
+
+def load_anomalib():
+    try:
+        from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+    except Exception as err:  # not installed, or installed against another torch
+        return None, f"{type(err).__name__}: {err}"
+    return PatchcoreModel, ""
+
+
+def run_anomalib_patchcore(peer_cls, raybench_model, config, train, test, labels, masks, device, batch_size):
+    torch.manual_seed(config.seed)
+    peer = peer_cls(layers=list(config.layers), backbone=config.backbone, pre_trained=False).to(device)
+    # same backbone weights as raybench's model, so only the PatchCore implementations differ
+    peer.feature_extractor.feature_extractor.load_state_dict(raybench_model.extractor.model.state_dict(), strict=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    sync(device)
+    start = time.perf_counter()
+    peer.train()
+    with torch.no_grad():
+        for batch in iterate_batches(train, batch_size, device):
+            peer((batch - mean) / std)
+    embed_seconds = time.perf_counter() - start
+    peer.subsample_embedding(config.coreset_ratio)
+    sync(device)
+    fit_seconds = time.perf_counter() - start
+    peer.eval()
+    scores, maps = [], []
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in iterate_batches(test, batch_size, device):
+            out = peer((batch - mean) / std)
+            scores.append(out.pred_score.float().flatten().cpu())
+            maps.append(out.anomaly_map.float()[:, 0].cpu())
+    sync(device)
+    infer_seconds = time.perf_counter() - start
+    metrics = evaluate_predictions(labels, torch.cat(scores).numpy(), masks, torch.cat(maps).numpy(),
+                                   with_aupro=False)
+    return {"fit_s": fit_seconds, "coreset_s": fit_seconds - embed_seconds,
+            "infer_img_s": len(test) / infer_seconds, "bank": int(peer.memory_bank.shape[0]), **metrics}
+
+
+def run_method(name, overrides, category, device):
+    spec = get_method(name)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    config = from_dict(spec.config_cls, {k: v for k, v in overrides.items() if k in fields}, method=name)
+    start = time.perf_counter()
+    result = spec.fit(config, category, device)
+    sync(device)
+    fit_seconds = time.perf_counter() - start
+    metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test, with_aupro=False)
+    info = result.info
+    return {"fit_s": fit_seconds, "train_s": info.get("train_seconds", 0.0),
+            "saliency_s": info.get("saliency_seconds", 0.0), "bank_s": info.get("memory_bank_seconds", 0.0),
+            "infer_img_s": metrics["inference_images_per_second"],
+            "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"]}
+
+
+def coreset_bench(n_patches: int, dim: int, ratio: float, device, peer_limit: int) -> None:
+    """Greedy coreset alone on random features: raybench's vs anomalib's KCenterGreedy."""
+    from raybench.models.patchcore import greedy_coreset
+    features = torch.randn(n_patches, dim, generator=torch.Generator().manual_seed(0)).to(device)
+    n_select = max(1, int(round(ratio * n_patches)))
+    greedy_coreset(features[:1000], 10)  # warm-up (kernels, allocator)
+    sync(device)
+    start = time.perf_counter()
+    picks = greedy_coreset(features, n_select)
+    sync(device)
+    seconds = time.perf_counter() - start
+    print(f"coreset raybench   patches={n_patches} dim={dim} picks={n_select} seconds={seconds:.3f} "
+          f"ms_per_pick={1e3 * seconds / n_select:.3f} distinct={len(set(picks.tolist())) == n_select}")
+    try:
+        from anomalib.models.components.sampling import KCenterGreedy
+    except Exception as err:
+        print(f"coreset anomalib   skipped ({type(err).__name__}: {err})")
+        return
+    n_peer = min(n_patches, peer_limit)
+    sampler = KCenterGreedy(embedding=features[:n_peer], sampling_ratio=ratio)
+    start = time.perf_counter()
+    sampler.sample_coreset()
+    sync(device)
+    seconds = time.perf_counter() - start
+    print(f"coreset anomalib   patches={n_peer} dim={dim} picks={sampler.coreset_size} seconds={seconds:.3f} "
+          f"ms_per_pick={1e3 * seconds / sampler.coreset_size:.3f}")
+
+
+def fmt(row: dict) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def summarise(name: str, rows: list[dict]) -> str:
+    parts = []
+    for key in rows[0]:
+        if isinstance(rows[0][key], float):
+            vals = [r[key] for r in rows]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            parts.append(f"{key}={statistics.mean(vals):.4g}±{sd:.2g}")
+    return f"{name:<20} mean over {len(rows)} seeds: " + "  ".join(parts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--dataset", default="folder")
+    p.add_argument("--category", required=True)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--coreset-ratio", type=float, default=0.01)
+    p.add_argument("--weights", default="imagenet", help="imagenet | random | path (same for every variant)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--train-limit", type=int, default=None, help="evenly spaced subset of the training images")
+    p.add_argument("--test-limit", type=int, default=None, help="evenly spaced, half normal, half anomalous")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("--methods", nargs="*", default=["cutswap"],
+                   help="raybench methods to fit end to end as well (cutswap, cutpaste, patchcore)")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs of cutswap / cutpaste")
+    p.add_argument("--batch-images", type=int, default=32, help="images per step of cutswap / cutpaste")
+    p.add_argument("--json", default=None, help="write every row to this file")
+    p.add_argument("--coreset-patches", type=int, default=0,
+                   help="also time the coreset alone on this many random 384-d patches (e.g. 250000)")
+    p.add_argument("--coreset-peer-limit", type=int, default=50000,
+                   help="anomalib's coreset runs on at most this many of them (it is slow on the CPU)")
+    args = p.parse_args(argv)
+
+    device = pick_device(args.device)
+    if args.coreset_patches:
+        coreset_bench(args.coreset_patches, 384, args.coreset_ratio, device, args.coreset_peer_limit)
+    (full,) = load_dataset(args.dataset, args.data_root, [args.category])
+    category = subset(full, args.train_limit, args.test_limit)
+    print(f"# {category.summary()} | image_size={args.image_size} coreset_ratio={args.coreset_ratio} "
+          f"weights={args.weights} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+    train = load_images(category.train, args.image_size)
+    test = load_images(category.test, args.image_size)
+    masks = load_masks(category.test, args.image_size)
+    labels = np.array([s.label for s in category.test])
+    peer_cls, why = load_anomalib()
+    if peer_cls is None:
+        print(f"anomalib Patchcore: skipped ({why})")
+    else:
+        import anomalib
+        print(f"# peer: anomalib {anomalib.__version__} PatchcoreModel (torch model, no Lightning loop)")
+
+    results: dict[str, list[dict]] = {}
+    base = {"image_size": args.image_size, "coreset_ratio": args.coreset_ratio, "weights": args.weights,
+            "backbone": "resnet18", "layers": ["layer2", "layer3"], "batch_size": args.batch_size}
+    for seed in args.seeds:
+        set_seed(seed)
+        config = from_dict(get_method("patchcore").config_cls, {**base, "seed": seed})
+        model, row = run_raybench_patchcore(config, train, test, labels, masks, device, args.batch_size)
+        results.setdefault("raybench-patchcore", []).append(row)
+        print(f"seed={seed} raybench-patchcore  {fmt(row)}", flush=True)
+        if peer_cls is not None:
+            row = run_anomalib_patchcore(peer_cls, model, config, train, test, labels, masks, device, args.batch_size)
+            results.setdefault("anomalib-patchcore", []).append(row)
+            print(f"seed={seed} anomalib-patchcore  {fmt(row)}", flush=True)
+        for name in args.methods:
+            overrides = {**base, "seed": seed, "epochs": args.epochs, "batch_images": args.batch_images}
+            row = run_method(name, overrides, category, device)
+            results.setdefault(name, []).append(row)
+            print(f"seed={seed} {name:<18} {fmt(row)}", flush=True)
+    for name, rows in results.items():
+        print(summarise(name, rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "results": results}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
