@@ -86,24 +86,28 @@ def build_config(method: str, base: dict, sampled: dict, overrides: dict):
 # ----------------------------------------------------------------------------------------------
 # The trial (runs in a Ray worker process)
 
-def _epoch_reporter(ctx: TrialContext, category, device):
-    if not ctx.report_epochs:
-        return None
+class EpochReporter:
+    """on_epoch hook for ASHA: quick metrics (no AUPRO) after every epoch, `epoch` as the resource."""
 
-    def report(epoch: int, scorer) -> None:
-        metrics = evaluate_scorer(scorer, category, device, with_aupro=False)
-        tune.report({**metrics, "epoch": epoch + 1})
-    return report
+    def __init__(self, category, device):
+        self.category, self.device, self.epochs = category, device, 0
+
+    def __call__(self, epoch: int, scorer, excluded_test=()) -> None:
+        self.epochs = epoch + 1
+        metrics = evaluate_scorer(scorer, self.category, self.device, excluded_test, with_aupro=False)
+        tune.report({**metrics, "epoch": self.epochs})
 
 
-def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None) -> tuple[dict, Detector]:
+def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
+                     evaluate: bool = True) -> tuple[dict, Detector]:
+    from raybench.methods.base import Parallel
     spec = get_method(ctx.method)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     result = spec.fit(config, category, device, on_epoch=on_epoch)
     fit_seconds = time.perf_counter() - start
-    metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test)
-    metrics["fit_seconds"] = fit_seconds
+    metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test) if evaluate else {}
+    metrics.update(fit_seconds=fit_seconds, workers=Parallel.world_size())
     meta = {"dataset": ctx.dataset, "category": category.name, "excluded_test": result.excluded_test,
             "eval_resolution": result.scorer.image_size, "info": result.info}
     return metrics, Detector(spec.name, config, result.scorer, meta)
@@ -154,24 +158,28 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     else:
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
         device = pick_device()
-        metrics, detector = fit_and_evaluate(ctx, config, category, device,
-                                             _epoch_reporter(ctx, category, device))
+        reporter = EpochReporter(category, device) if ctx.report_epochs else None
+        metrics, detector = fit_and_evaluate(ctx, config, category, device, reporter)
+        if reporter is not None:  # the final metrics land on the last epoch's step, after it
+            metrics["epoch"] = reporter.epochs
     _report_with_checkpoint(metrics, detector, config)
 
 
 def _train_worker(loop_config: dict) -> None:
-    """One Ray Train worker: the process group is up; the method's `Parallel` shards and wraps."""
+    """One Ray Train worker: the process group is up; the method's `Parallel` shards and wraps.
+    Every rank trains; rank 0 alone evaluates and saves the Detector."""
     import ray.train
     ctx, config, category_name = loop_config["ctx"], loop_config["config"], loop_config["category"]
     (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name])
     device = ray.train.torch.get_device()
-    metrics, detector = fit_and_evaluate(ctx, config, category, device)
-    if ray.train.get_context().get_world_rank() == 0:
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    metrics, detector = fit_and_evaluate(ctx, config, category, device, evaluate=rank0)
+    if rank0:
         with tempfile.TemporaryDirectory() as tmp:
             detector.save(tmp)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
-        ray.train.report(metrics)
+        ray.train.report({})
 
 
 def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dict, Detector]:
@@ -318,7 +326,7 @@ class MLflowTrialLogger(Callback):
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
                    if k in tracking.METRICS + ("fit_seconds", "inference_seconds", "inference_images_per_second",
-                                               "n_test_scored", "epoch")
+                                               "n_test_scored", "epoch", "workers")
                    and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
