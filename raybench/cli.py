@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--data-root", default=None, help="dataset folder (not needed for demo)")
     p.add_argument("--categories", default="all", help="comma list or 'all'")
-    p.add_argument("--method", default="patchcore")
+    p.add_argument("--method", default="patchcore", help="a method, a comma list, or 'all' (see `raybench methods`)")
     p.add_argument("--trials", type=int, default=None, help="trials per category (demo: 4, else 8)")
     p.add_argument("--search-space", default=None, help="YAML file (default search_spaces/<method>.yaml)")
     _add_common(p)
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="fractions pack several trials on one GPU (default 1 if a GPU is visible, else 0)")
+                   help="fractions pack several trials on one GPU (default: 1 if the Ray cluster has GPUs, else 0)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers per trial")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None, help="imagenet | random | PATH (demo: random)")
@@ -71,25 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_sweep(args) -> int:
-    import torch
-
-    from raybench.sweep import DATASET_PRESETS, SweepSpec, run_sweep
+    from raybench.config import field_types
+    from raybench.methods import get_method, method_names
+    from raybench.sweep import DATASET_PRESETS, run_sweep
     from raybench.tracking import format_leaderboard
     trials = args.trials or DATASET_PRESETS.get(args.dataset, {}).get("trials", 8)
     gpus = args.gpus_per_trial
-    if gpus is None:
-        gpus = 1.0 if torch.cuda.is_available() and not args.address else 0.0
-    spec = SweepSpec(
-        dataset=args.dataset, data_root=args.data_root, categories=args.categories, method=args.method,
-        trials=trials, search_space=args.search_space, tracking_uri=args.tracking_uri,
-        experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=gpus, workers=args.workers, seed=args.seed, weights=args.weights,
-        budget=args.budget, overrides=_parse_set(args.overrides), storage=args.storage,
-        sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent)
-    rows = run_sweep(spec)
+    methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
+    if args.search_space and len(methods) > 1:
+        raise ValueError("--search-space names one method's file: use it with a single --method")
+    overrides = _parse_set(args.overrides)
+    fields = {m: set(field_types(get_method(m).config_cls)) for m in methods}
+    unknown = [k for k in overrides if not any(k in f for f in fields.values())]
+    if unknown:
+        raise ValueError(f"--set {unknown}: not a parameter of {', '.join(methods)} (see `raybench methods`)")
+    rows = []
+    for method in methods:  # one after the other; each sweep runs its categories concurrently
+        own = {k: v for k, v in overrides.items() if k in fields[method]}  # e.g. epochs1 is rd's only
+        rows = run_sweep(_spec(args, method, trials, gpus, own))
     print("\nLeaderboard (best FINISHED run per category x method):")
     print(format_leaderboard(rows))
     return 0
+
+
+def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
+    from raybench.sweep import SweepSpec
+    return SweepSpec(
+        dataset=args.dataset, data_root=args.data_root, categories=args.categories, method=method,
+        trials=trials, search_space=args.search_space, tracking_uri=args.tracking_uri,
+        experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=gpus, workers=args.workers, seed=args.seed, weights=args.weights,
+        budget=args.budget, overrides=overrides, storage=args.storage,
+        sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent)
 
 
 def cmd_leaderboard(args) -> int:

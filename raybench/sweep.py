@@ -50,7 +50,7 @@ class SweepSpec:
     experiment: str | None = None
     address: str | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: 1 if the Ray cluster has a GPU, else 0
     workers: int = 1
     seed: int = 0
     weights: str | None = None
@@ -496,17 +496,21 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
                  runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
     names = [c.name for c in categories]
     total = spec.trials * len(names)
+    gpus = spec.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     ctx = TrialContext(spec.dataset, spec.data_root, spec.method, base, overrides, spec.workers,
-                       spec.cpus_per_trial, spec.gpus_per_trial, report_epochs=spec.asha and method.trained)
+                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained)
     if spec.workers > 1:
         resources = {"cpu": 0.1}  # the trial only drives a TorchTrainer; its workers hold the devices
     else:
-        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+        resources = {"cpu": spec.cpus_per_trial, "gpu": gpus}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     tags = {"dataset": spec.dataset, "method": spec.method, "sweep_id": sweep_id, "budget": spec.budget,
             "git_commit": tracking.git_commit(), "raybench": "1"}
     logger = MLflowTrialLogger(uri, experiment_id, tags, total)
-    log(f"sweep {sweep_id}: {spec.method} on {spec.dataset} [{', '.join(names)}], {spec.trials} trial(s) each; "
+    log(f"sweep {sweep_id}: {spec.method} on {spec.dataset} [{', '.join(names)}], {spec.trials} trial(s) each, "
+        f"{spec.cpus_per_trial:g} CPU + {gpus:g} GPU per trial{f' x {spec.workers} workers' if spec.workers > 1 else ''}; "
         f"MLflow {uri} experiment {exp_name!r}")
 
     path = f"{root.rstrip('/')}/{run_name}"

@@ -123,10 +123,15 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local):
                 time.sleep(1)
         else:
             pytest.fail("mlflow server did not answer /health in 90 s")
-        run_sweep(spec_for(tmp_path, demo_root, uri, categories="weave", trials=1))
-        det = best_model("weave", tracking_uri=uri, device="cpu")
-        assert det.method == "patchcore"
-        assert (tmp_path / "artifacts").exists()  # artifacts went through the server to its store
+        # the CLI, two methods in one command, through the server
+        assert main(["sweep", "demo", "--data-root", str(demo_root), "--categories", "weave", "--trials", "1",
+                     "--method", "patchcore,rd", "--budget", "smoke", "--set", "epochs1=1",
+                     "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
+        rows = tracking.leaderboard(uri, "demo")
+        assert sorted(r.method for r in rows) == ["patchcore", "rd"]
+        det = best_model("weave", method="rd", tracking_uri=uri, device="cpu")
+        assert det.method == "rd"
+        assert list((tmp_path / "artifacts").rglob("weights.safetensors"))  # stored by the server
     finally:
         server.terminate()
         server.wait(timeout=30)
