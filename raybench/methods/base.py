@@ -11,7 +11,6 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from raybench.data.layout import Category
 
 BUDGETS = ("smoke", "default", "paper")
 

@@ -1,0 +1,156 @@
+"""One trial, as Ray runs it: build the config, fit the method, evaluate, report the Detector as
+the trial's checkpoint. With `workers > 1` the fit runs under Ray Train (DDP) instead."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from raybench.config import from_dict, to_dict
+from raybench.data import load_dataset
+from raybench.detector import Detector
+from raybench.evaluation import evaluate_scorer
+from raybench.methods.base import get_method
+from raybench.models.common import pick_device
+from raybench.search_space import decode_params
+
+
+@dataclass
+class TrialContext:
+    """What every trial needs besides its sampled parameters (picklable, no clients)."""
+    dataset: str
+    data_root: str | None
+    method: str
+    base: dict  # config values below the sampled ones: preset < budget < fixed
+    overrides: dict  # --set values, above the sampled ones
+    workers: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    report_epochs: bool
+
+
+def build_config(method: str, base: dict, sampled: dict, overrides: dict):
+    spec = get_method(method)
+    return from_dict(spec.config_cls, {**base, **sampled, **overrides}, method=method)
+
+
+class EpochReporter:
+    """on_epoch hook for ASHA: quick metrics (no AUPRO) after every epoch, `epoch` as the resource."""
+
+    def __init__(self, category, device):
+        self.category, self.device, self.epochs = category, device, 0
+
+    def __call__(self, epoch: int, scorer, excluded_test=()) -> None:
+        self.epochs = epoch + 1
+        metrics = evaluate_scorer(scorer, self.category, self.device, excluded_test, with_aupro=False)
+        tune.report({**metrics, "epoch": self.epochs})
+
+
+def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
+                     evaluate: bool = True) -> tuple[dict, Detector]:
+    from raybench.methods.base import Parallel
+    spec = get_method(ctx.method)
+    torch.manual_seed(config.seed)
+    start = time.perf_counter()
+    result = spec.fit(config, category, device, on_epoch=on_epoch)
+    fit_seconds = time.perf_counter() - start
+    metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test) if evaluate else {}
+    metrics.update(fit_seconds=fit_seconds, workers=Parallel.world_size())
+    meta = {"dataset": ctx.dataset, "category": category.name, "excluded_test": result.excluded_test,
+            "eval_resolution": result.scorer.image_size, "info": result.info}
+    return metrics, Detector(spec.name, config, result.scorer, meta)
+
+
+RESULT_FILE, DETECTOR_DIR = "result.json", "detector"
+
+
+def _report_with_checkpoint(metrics: dict, detector: Detector, config) -> None:
+    """The final report: metrics plus a checkpoint holding the Detector and those same metrics,
+    so a trial restored from it (after a driver or node died) reports again without refitting."""
+    final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1}
+    with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as tmp:
+        detector.save(Path(tmp) / DETECTOR_DIR)
+        (Path(tmp) / RESULT_FILE).write_text(json.dumps(final))
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _finished_result() -> dict | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / RESULT_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def quiet_ray_logs() -> None:
+    """Progress is one line per finished trial (MLflowTrialLogger); Ray's per-checkpoint INFO
+    lines and snapshot warnings would bury it."""
+    import logging
+    for name in ("ray.train", "ray.tune", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_trial(params: dict, ctx: TrialContext) -> None:
+    quiet_ray_logs()
+    done = _finished_result()
+    if done is not None:  # restored after its final checkpoint was saved: nothing to redo
+        tune.report(done)
+        return
+    params = dict(params)
+    category_name = params.pop("category")
+    config = build_config(ctx.method, ctx.base, decode_params(params), ctx.overrides)
+    (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name])
+    if ctx.workers > 1:
+        metrics, detector = _fit_distributed(ctx, config, category_name)
+    else:
+        torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+        device = pick_device()
+        reporter = EpochReporter(category, device) if ctx.report_epochs else None
+        metrics, detector = fit_and_evaluate(ctx, config, category, device, reporter)
+        if reporter is not None:  # the final metrics land on the last epoch's step, after it
+            metrics["epoch"] = reporter.epochs
+    _report_with_checkpoint(metrics, detector, config)
+
+
+def _train_worker(loop_config: dict) -> None:
+    """One Ray Train worker: the process group is up; the method's `Parallel` shards and wraps.
+    Every rank trains; rank 0 alone evaluates and saves the Detector."""
+    import ray.train
+    ctx, config, category_name = loop_config["ctx"], loop_config["config"], loop_config["category"]
+    (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name])
+    device = ray.train.torch.get_device()
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    metrics, detector = fit_and_evaluate(ctx, config, category, device, evaluate=rank0)
+    if rank0:
+        with tempfile.TemporaryDirectory() as tmp:
+            detector.save(tmp)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report({})
+
+
+def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dict, Detector]:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    use_gpu = ctx.gpus_per_trial > 0
+    per_worker = {"CPU": max(ctx.cpus_per_trial / ctx.workers, 0.25)}
+    if use_gpu:
+        per_worker["GPU"] = ctx.gpus_per_trial / ctx.workers
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"ctx": ctx, "config": config, "category": category_name},
+        scaling_config=ScalingConfig(num_workers=ctx.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"ddp-{uuid.uuid4().hex[:8]}", storage_path=tempfile.mkdtemp(prefix="raybench-ddp-")),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:  # rank 0 saved the Detector there
+        detector = Detector.load(folder, device="cpu")
+    return dict(result.metrics), detector
