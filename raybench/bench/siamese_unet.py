@@ -32,7 +32,10 @@ from raybench.methods.siamese_unet import draw_real_anomalies
 from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from raybench.models.common import pick_device, set_seed
 
-VARIANTS = ("rd", "siamese-real", "siamese-synthetic", "anomalib-rd")
+# ablations of the real-anomaly variant: which part helps or hurts at image level
+ABLATIONS = {"siamese-real-no-stage2": {"stage2": False}, "siamese-real-no-stage1": {"stage1": False},
+             "siamese-real-no-cpam": {"cpam": False}, "siamese-real-mean-s": {"deviation_scalar": "mean"}}
+VARIANTS = ("rd", "siamese-real", "siamese-synthetic", "anomalib-rd", *ABLATIONS)
 
 
 def parse_args(argv=None):
@@ -51,7 +54,8 @@ def parse_args(argv=None):
     ap.add_argument("--n-anomalies", type=int, default=10)
     ap.add_argument("--small-model", action="store_true", help="1 bottleneck block, 1 block per decoder stage")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=["rd", "siamese-real", "siamese-synthetic", "anomalib-rd"],
+                    choices=VARIANTS)
     ap.add_argument("--device", default=None)
     return ap.parse_args(argv)
 
@@ -67,7 +71,8 @@ def method_config(variant: str, args, seed: int):
         values.update(epochs1=args.epochs1 + args.epochs2, epochs2=0)
     else:
         values.update(epochs1=args.epochs1, epochs2=args.epochs2,
-                      anomaly_source="real" if variant == "siamese-real" else "synthetic")
+                      anomaly_source="synthetic" if variant == "siamese-synthetic" else "real",
+                      **ABLATIONS.get(variant, {}))
     return spec, from_dict(spec.config_cls, values, method=method)
 
 
