@@ -38,13 +38,17 @@ def score_images(scorer, images: torch.Tensor, batch_size: int, device) -> tuple
     return torch.cat(scores).numpy(), torch.cat(maps).numpy()
 
 
-def evaluate_scorer(scorer, category: Category, device, excluded=(), batch_size: int = 32,
-                    with_aupro: bool = True) -> dict:
+def load_test_set(category: Category, size: int, excluded=()) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The scored test images, masks and labels at `size` (read from disk once per call)."""
     samples = scored_test_samples(category, excluded)
-    size = scorer.image_size
-    images = load_images(samples, size)
-    masks = load_masks(samples, size)
-    labels = np.array([s.label for s in samples])
+    return load_images(samples, size), load_masks(samples, size), np.array([s.label for s in samples])
+
+
+def evaluate_scorer(scorer, category: Category, device, excluded=(), batch_size: int = 32,
+                    with_aupro: bool = True, test_set=None) -> dict:
+    """Metrics on the category's test set; pass `test_set` (from load_test_set) to score the same
+    images repeatedly without reading them again."""
+    images, masks, labels = test_set if test_set is not None else load_test_set(category, scorer.image_size, excluded)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -53,8 +57,8 @@ def evaluate_scorer(scorer, category: Category, device, excluded=(), batch_size:
     metrics = evaluate_predictions(labels, scores, masks, maps, with_aupro=with_aupro)
     metrics.update({
         "inference_seconds": seconds,
-        "inference_images_per_second": len(samples) / max(seconds, 1e-9),
-        "n_test_scored": len(samples),
+        "inference_images_per_second": len(labels) / max(seconds, 1e-9),
+        "n_test_scored": len(labels),
         "n_test_anomalous": int(labels.sum()),
     })
     return metrics

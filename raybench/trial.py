@@ -15,7 +15,7 @@ from ray import tune
 from raybench.config import from_dict, to_dict
 from raybench.data import load_dataset
 from raybench.detector import Detector
-from raybench.evaluation import evaluate_scorer
+from raybench.evaluation import evaluate_scorer, load_test_set
 from raybench.methods.base import get_method
 from raybench.models.common import pick_device
 from raybench.search_space import decode_params
@@ -41,14 +41,20 @@ def build_config(method: str, base: dict, sampled: dict, overrides: dict):
 
 
 class EpochReporter:
-    """on_epoch hook for ASHA: quick metrics (no AUPRO) after every epoch, `epoch` as the resource."""
+    """on_epoch hook for ASHA: quick metrics (no AUPRO) after every epoch, `epoch` as the resource.
+    The test images are read once and kept, not re-read every epoch."""
 
     def __init__(self, category, device):
         self.category, self.device, self.epochs = category, device, 0
+        self._test_set, self._key = None, None
 
     def __call__(self, epoch: int, scorer, excluded_test=()) -> None:
         self.epochs = epoch + 1
-        metrics = evaluate_scorer(scorer, self.category, self.device, excluded_test, with_aupro=False)
+        key = (scorer.image_size, tuple(excluded_test))
+        if key != self._key:
+            self._test_set, self._key = load_test_set(self.category, scorer.image_size, excluded_test), key
+        metrics = evaluate_scorer(scorer, self.category, self.device, excluded_test, with_aupro=False,
+                                  test_set=self._test_set)
         tune.report({**metrics, "epoch": self.epochs})
 
 
