@@ -115,11 +115,12 @@ def finished_runs(uri: str | None = None, dataset: str | None = None, category: 
         if not token:
             break
 
-    def key(run):
-        m = run.data.metrics
-        img, pix = m.get("image_auroc", -math.inf), m.get("pixel_auroc", -math.inf)
-        return (-(img if not math.isnan(img) else -math.inf), -(pix if not math.isnan(pix) else -math.inf))
-    return sorted((r for r in runs if "image_auroc" in r.data.metrics), key=key)
+    def score(run, name: str) -> float:  # a missing or NaN metric ranks last
+        value = run.data.metrics.get(name, -math.inf)
+        return -math.inf if math.isnan(value) else value
+
+    runs = [r for r in runs if "image_auroc" in r.data.metrics]
+    return sorted(runs, key=lambda r: (score(r, "image_auroc"), score(r, "pixel_auroc")), reverse=True)
 
 
 @dataclass

@@ -181,19 +181,11 @@ BROKEN_ONPREM = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BROKEN_AWS))
-def test_broken_aws_copy_fails(name):
-    cfg = load(AWS)
-    breaker, expected = BROKEN_AWS[name]
-    breaker(cfg)
-    err = fails_ray_up_checks(cfg)
-    assert isinstance(err, expected), f"'{name}': expected {expected.__name__}, got {err!r}"
-
-
-@pytest.mark.parametrize("name", sorted(BROKEN_ONPREM))
-def test_broken_onprem_copy_fails(name):
-    cfg = load(ONPREM)
-    breaker, expected = BROKEN_ONPREM[name]
+@pytest.mark.parametrize("path,name", [(AWS, n) for n in sorted(BROKEN_AWS)] + [(ONPREM, n) for n in sorted(BROKEN_ONPREM)],
+                         ids=lambda v: v.name if isinstance(v, Path) else v)
+def test_broken_copy_fails(path, name):
+    cfg = load(path)
+    breaker, expected = (BROKEN_AWS if path == AWS else BROKEN_ONPREM)[name]
     breaker(cfg)
     err = fails_ray_up_checks(cfg)
     assert isinstance(err, expected), f"'{name}': expected {expected.__name__}, got {err!r}"
