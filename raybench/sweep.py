@@ -14,7 +14,6 @@ import random
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from ray import tune
 
@@ -81,29 +80,50 @@ def storage_root(spec: SweepSpec) -> str:
     return root
 
 
+def _storage_fs(root: str):
+    """(pyarrow filesystem, path) for a local folder or a URI such as s3://bucket/prefix."""
+    import pyarrow.fs
+    if "://" in root:
+        fs, path = pyarrow.fs.FileSystem.from_uri(root)
+        return fs, path.rstrip("/")
+    return pyarrow.fs.LocalFileSystem(), root
+
+
 def check_storage(root: str) -> None:
     """Refuse to start when checkpoints could not be written."""
     from raybench.errors import TrackingError
     try:
-        if "://" in root:
-            import pyarrow.fs
-            fs, path = pyarrow.fs.FileSystem.from_uri(root)
-            probe = f"{path.rstrip('/')}/.raybench-write-test-{uuid.uuid4().hex[:8]}"
-            with fs.open_output_stream(probe) as fh:
-                fh.write(b"ok")
-            fs.delete_file(probe)
-        else:
-            Path(root).mkdir(parents=True, exist_ok=True)
-            probe = Path(root) / f".raybench-write-test-{uuid.uuid4().hex[:8]}"
-            probe.write_text("ok")
-            probe.unlink()
+        fs, path = _storage_fs(root)
+        fs.create_dir(path, recursive=True)
+        probe = f"{path}/.raybench-write-test-{uuid.uuid4().hex[:8]}"
+        with fs.open_output_stream(probe) as fh:
+            fh.write(b"ok")
+        fs.delete_file(probe)
     except Exception as err:
         raise TrackingError(f"storage {root} cannot be written ({type(err).__name__}: {str(err)[:200]}); "
                             f"pass --storage PATH_OR_URI (shared storage such as s3:// on a cluster)") from None
 
 
-def _latest_file(root: str, dataset: str, method: str) -> Path | None:
-    return Path(root) / f"latest-{dataset}-{method}.json" if "://" not in root else None
+# `--resume` without `--sweep-id` continues the last sweep of this dataset and method, named in a
+# small pointer file beside the sweeps, on the same (possibly remote) storage as Ray Tune's state.
+def _latest_path(root: str, dataset: str, method: str) -> str:
+    return f"{_storage_fs(root)[1]}/latest-{dataset}-{method}.json"
+
+
+def read_latest_sweep_id(root: str, dataset: str, method: str) -> str | None:
+    import pyarrow.fs
+    fs, _ = _storage_fs(root)
+    path = _latest_path(root, dataset, method)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as fh:
+        return json.loads(fh.read().decode())["sweep_id"]
+
+
+def write_latest_sweep_id(root: str, spec: "SweepSpec", sweep_id: str) -> None:
+    fs, _ = _storage_fs(root)
+    with fs.open_output_stream(_latest_path(root, spec.dataset, spec.method)) as fh:
+        fh.write(json.dumps({"sweep_id": sweep_id, "spec": asdict(spec)}, default=str).encode())
 
 
 def run_sweep(spec: SweepSpec, log=print) -> list:
@@ -139,16 +159,14 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     exp_name = tracking.experiment_name(spec.dataset, spec.experiment)
     experiment_id = tracking.ensure_experiment(uri, exp_name)
 
-    latest = _latest_file(root, spec.dataset, spec.method)
     sweep_id = spec.sweep_id
     if spec.resume and not sweep_id:
-        if latest is None or not latest.is_file():
+        sweep_id = read_latest_sweep_id(root, spec.dataset, spec.method)
+        if sweep_id is None:
             raise ValueError(f"--resume: no earlier sweep of {spec.dataset}/{spec.method} under {root}; pass --sweep-id")
-        sweep_id = json.loads(latest.read_text())["sweep_id"]
     sweep_id = sweep_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_name = f"{spec.dataset}-{spec.method.replace('-', '_')}-{sweep_id}"
-    if latest is not None:
-        latest.write_text(json.dumps({"sweep_id": sweep_id, "spec": asdict(spec)}, default=str))
+    write_latest_sweep_id(root, spec, sweep_id)
 
     if not ray.is_initialized():
         ray.init(address=spec.address, include_dashboard=False, log_to_driver=True,

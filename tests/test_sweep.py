@@ -100,6 +100,23 @@ def test_bad_inputs_stop_the_sweep_before_any_trial(tmp_path, demo_root, mvtec_r
     assert not (tmp_path / "mlflow.db").exists() or not tracking.finished_runs(uri)
 
 
+def test_resume_finds_the_last_sweep_on_uri_storage(tmp_path, demo_root, ray_local):
+    """`--resume` with no --sweep-id reads the pointer the last sweep left on the (URI) storage."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = (tmp_path / "ray").as_uri()  # file://: the pyarrow code path s3:// takes on a cluster
+    with pytest.raises(ValueError, match="no earlier sweep"):
+        run_sweep(spec_for(tmp_path, demo_root, uri, storage=storage, categories="stripes", trials=1, resume=True))
+    run_sweep(spec_for(tmp_path, demo_root, uri, storage=storage, categories="stripes", trials=1))
+    (first,) = tracking.finished_runs(uri, "demo", "stripes")
+    lines = []
+    rows = run_sweep(spec_for(tmp_path, demo_root, uri, storage=storage, categories="stripes", trials=1,
+                              resume=True), log=lines.append)
+    assert any(line.startswith("resuming") for line in lines), lines
+    assert [(r.category, r.n_runs) for r in rows] == [("stripes", 1)]  # nothing re-run, no run added
+    (again,) = tracking.finished_runs(uri, "demo", "stripes")
+    assert again.info.run_id == first.info.run_id and again.info.end_time == first.info.end_time
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
