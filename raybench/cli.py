@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 
-def _parse_set(items: list[str]) -> dict:
+def parse_set(items: list[str]) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -80,7 +80,7 @@ def cmd_sweep(args) -> int:
     methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     if args.search_space and len(methods) > 1:
         raise ValueError("--search-space names one method's file: use it with a single --method")
-    overrides = _parse_set(args.overrides)
+    overrides = parse_set(args.overrides)
     fields = {m: set(field_types(get_method(m).config_cls)) for m in methods}
     unknown = [k for k in overrides if not any(k in f for f in fields.values())]
     if unknown:
