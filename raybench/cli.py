@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None)
     p.add_argument("--category", required=True)
     p.add_argument("--method", default=None)
-    p.add_argument("--out", default=None, help="folder for anomaly maps (.npy and .png)")
+    p.add_argument("--out", default=None,
+                   help="folder for anomaly maps at each image's size (.npy, .png) and defect masks (_mask.png)")
     _add_common(p)
 
     p = sub.add_parser("methods", help="list methods and their config fields")
@@ -117,18 +118,22 @@ def cmd_predict(args) -> int:
 
     from raybench import best_model
     det = best_model(args.category, dataset=args.dataset, method=args.method, tracking_uri=args.tracking_uri)
-    scores, maps = det.predict(args.images)
+    scores, maps = det.predict(args.images, map_size="input")
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    for path, score, amap in zip(args.images, scores, maps):
-        print(f"{score:.6f}\t{path}")
+    image_cut, pixel_cut = det.image_threshold, det.pixel_threshold
+    for i, (path, score, amap) in enumerate(zip(args.images, scores, maps)):
+        verdict = "?" if image_cut is None else ("anomalous" if score >= image_cut else "normal")
+        print(f"{score:.6f}\t{verdict}\t{path}")
         if out:
-            stem = Path(path).stem
+            stem = f"{i:03d}_{Path(path).stem}"  # the index keeps same-named files from different folders apart
             np.save(out / f"{stem}_map.npy", amap)
-            lo, hi = float(amap.min()), float(amap.max())
-            img = ((amap - lo) / (hi - lo + 1e-12) * 255).astype(np.uint8)
-            Image.fromarray(img).save(out / f"{stem}_map.png")
+            # one scale for every image: black 0, mid-grey at the pixel threshold, white at twice it
+            scale = 2 * pixel_cut if pixel_cut else float(amap.max()) or 1.0
+            Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8)).save(out / f"{stem}_map.png")
+            if pixel_cut is not None:
+                Image.fromarray(((amap >= pixel_cut) * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
     return 0
 
 

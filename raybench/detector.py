@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from raybench.config import from_dict, to_dict
-from raybench.data.io import image_to_array, load_image, resize_array
+from raybench.data.io import image_to_array, read_image, resize_array
 from raybench.methods.base import get_method
 from raybench.models.common import pick_device
 
@@ -38,17 +39,17 @@ def _to_hwc(img) -> np.ndarray:
     return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
 
 
-def _as_batch(images, size: int) -> torch.Tensor:
-    """Paths, PIL images, arrays (H,W), (H,W,C), (N,H,W,C) or tensors (N,C,H,W) -> (N,3,S,S) [0,1]."""
+def _as_batch(images, size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Paths, PIL images, arrays (H,W), (H,W,C), (N,H,W,C) or tensors (N,C,H,W) -> (N,3,S,S) in
+    [0,1], and each input's own (H, W)."""
     single = isinstance(images, (str, Path, Image.Image)) or (
         isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim < 4)
-    out = []
+    out, sizes = [], []
     for img in [images] if single else images:
-        if isinstance(img, (str, Path)):
-            out.append(torch.from_numpy(load_image(img, size)))
-        else:
-            out.append(torch.from_numpy(np.ascontiguousarray(resize_array(_to_hwc(img), size).transpose(2, 0, 1))))
-    return torch.stack(out).float()
+        arr = read_image(img) if isinstance(img, (str, Path)) else _to_hwc(img)
+        sizes.append(arr.shape[:2])
+        out.append(torch.from_numpy(np.ascontiguousarray(resize_array(arr, size).transpose(2, 0, 1))))
+    return torch.stack(out).float(), sizes
 
 
 class Detector:
@@ -66,17 +67,38 @@ class Detector:
         self.scorer.to(self.device)
         return self
 
+    @property
+    def image_threshold(self) -> float | None:
+        """Image scores >= this are called anomalous: the F1-max threshold on the category's test
+        split when the detector was scored (None if it never was). Recalibrate on your own images
+        where the cost of a miss and of a false alarm differ."""
+        return self.meta.get("image_threshold")
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """Map values >= this mark defect pixels (the pixel-level F1-max threshold, as above)."""
+        return self.meta.get("pixel_threshold")
+
     @torch.no_grad()
-    def predict(self, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores (N,) and anomaly maps (N, S, S) at the detector's image size."""
-        batch = _as_batch(images, self.image_size)
+    def predict(self, images, batch_size: int = 32, map_size: str = "model"):
+        """Image scores (N,) and anomaly maps: `map_size="model"` gives one (N, S, S) array at the
+        detector's image size; `"input"` gives a list of (H, W) maps, each at its own input's size
+        (bilinear), ready to lay over the image."""
+        if map_size not in ("model", "input"):
+            raise ValueError(f"map_size must be 'model' or 'input', not {map_size!r}")
+        batch, sizes = _as_batch(images, self.image_size)
         self.scorer.eval()
         scores, maps = [], []
         for start in range(0, len(batch), batch_size):
             s, m = self.scorer(batch[start:start + batch_size].to(self.device))
             scores.append(s.float().cpu())
             maps.append(m.float().cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+        scores, maps = torch.cat(scores), torch.cat(maps)
+        if map_size == "model":
+            return scores.numpy(), maps.numpy()
+        return scores.numpy(), [
+            F.interpolate(m[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+            for m, hw in zip(maps, sizes)]
 
     def evaluate(self, data_root=None, dataset: str | None = None, category: str | None = None) -> dict:
         """Recompute the metrics on the test set this detector was scored on (same exclusions)."""

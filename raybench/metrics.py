@@ -1,4 +1,4 @@
-"""Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3) and F1-max.
+"""Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), F1-max and the thresholds that reach it.
 
 Pixel metrics are computed at the resolution the maps and masks are given at; callers state it
 (the run logs `eval_resolution`).
@@ -24,11 +24,20 @@ def pixel_auroc(masks, maps) -> float:
     return float(roc_auc_score(masks, np.asarray(maps, dtype=np.float32).ravel()))
 
 
+def f1_max_threshold(labels, scores) -> tuple[float, float]:
+    """(best F1 over all thresholds, the threshold reaching it): `score >= threshold` is anomalous."""
+    labels = np.asarray(labels).ravel()
+    if labels.min() == labels.max():
+        return float("nan"), float("nan")
+    precision, recall, thresholds = precision_recall_curve(labels, np.asarray(scores, dtype=np.float32).ravel())
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1]))  # the curve's last point (recall 0) has no threshold
+    return float(f1[best]), float(thresholds[best])
+
+
 def f1_max(labels, scores) -> float:
     """Best F1 over all thresholds (image level)."""
-    precision, recall, _ = precision_recall_curve(np.asarray(labels).ravel(), np.asarray(scores).ravel())
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    return float(f1.max())
+    return f1_max_threshold(labels, scores)[0]
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3, num_thresholds: int = 200) -> float:
@@ -67,12 +76,18 @@ def aupro(masks, maps, fpr_limit: float = 0.3, num_thresholds: int = 200) -> flo
     return float(np.trapezoid(pro, fpr) / fpr_limit)
 
 
-def evaluate_predictions(labels, scores, masks, maps, with_aupro: bool = True) -> dict:
+def evaluate_predictions(labels, scores, masks, maps, full: bool = True) -> dict:
+    """Image/pixel AUROC and image F1-max with its threshold; `full` adds what costs a pass over
+    every pixel's ranking again: AUPRO and the pixel F1-max with its threshold (the final
+    evaluation has them; per-epoch reports and benchmarks skip them)."""
+    f1, threshold = f1_max_threshold(labels, scores)
     out = {
         "image_auroc": image_auroc(labels, scores),
         "pixel_auroc": pixel_auroc(masks, maps),
-        "f1_max": f1_max(labels, scores),
+        "f1_max": f1,
+        "image_threshold": threshold,
     }
-    if with_aupro:
+    if full:
         out["aupro"] = aupro(masks, maps)
+        out["pixel_f1_max"], out["pixel_threshold"] = f1_max_threshold(masks, maps)
     return out

@@ -16,6 +16,9 @@ from raybench import tracking
 from raybench.trial import DETECTOR_DIR
 
 
+LOGGED_METRICS = tracking.METRICS + tracking.THRESHOLDS + (
+    "fit_seconds", "inference_seconds", "inference_images_per_second", "n_test_scored", "epoch", "workers")
+
 class MLflowTrialLogger(Callback):
     def __init__(self, uri: str, experiment_id: str, tags: dict, total: int):
         self.uri, self.experiment_id, self.tags, self.total = uri, experiment_id, dict(tags), total
@@ -75,9 +78,8 @@ class MLflowTrialLogger(Callback):
         step = int(result.get("epoch", 0))
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-                   if k in tracking.METRICS + ("fit_seconds", "inference_seconds", "inference_images_per_second",
-                                               "n_test_scored", "epoch", "workers")
-                   and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))]
+                   if k in LOGGED_METRICS and isinstance(v, (int, float))
+                   and not (isinstance(v, float) and math.isnan(v))]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 

@@ -17,7 +17,8 @@ from raybench.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT_PREFIX = "raybench-"
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
+THRESHOLDS = ("image_threshold", "pixel_threshold")  # F1-max cuts; the Detector keeps them too
 
 
 def tracking_uri(explicit: str | None = None) -> str:

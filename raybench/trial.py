@@ -3,6 +3,7 @@ the trial's checkpoint. With `workers > 1` the fit runs under Ray Train (DDP) in
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 import uuid
@@ -53,9 +54,13 @@ class EpochReporter:
         key = (scorer.image_size, tuple(excluded_test))
         if key != self._key:
             self._test_set, self._key = load_test_set(self.category, scorer.image_size, excluded_test), key
-        metrics = evaluate_scorer(scorer, self.category, self.device, excluded_test, with_aupro=False,
+        metrics = evaluate_scorer(scorer, self.category, self.device, excluded_test, full=False,
                                   test_set=self._test_set)
         tune.report({**metrics, "epoch": self.epochs})
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
@@ -69,7 +74,10 @@ def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
     metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test) if evaluate else {}
     metrics.update(fit_seconds=fit_seconds, workers=Parallel.world_size())
     meta = {"dataset": ctx.dataset, "category": category.name, "excluded_test": result.excluded_test,
-            "eval_resolution": result.scorer.image_size, "info": result.info}
+            "eval_resolution": result.scorer.image_size, "info": result.info,
+            # the Detector's verdicts: F1-max cuts on this test split (see Detector.image_threshold)
+            "image_threshold": _finite(metrics.get("image_threshold")),
+            "pixel_threshold": _finite(metrics.get("pixel_threshold"))}
     return metrics, Detector(spec.name, config, result.scorer, meta)
 
 

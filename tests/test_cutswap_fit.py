@@ -43,7 +43,7 @@ def fit_and_score(method, category, **extra):
     spec, config = tiny_config(method, **extra)
     epochs = []
     result = spec.fit(config, category, CPU, on_epoch=lambda e, scorer: epochs.append((e, scorer)))
-    metrics = evaluate_scorer(result.scorer, category, CPU, result.excluded_test, with_aupro=False)
+    metrics = evaluate_scorer(result.scorer, category, CPU, result.excluded_test, full=False)
     return spec, config, result, metrics, epochs
 
 
@@ -54,7 +54,7 @@ def check_smoke_fit(method, category, tmp_path):
     assert result.info["bank_size"] == round(0.1 * result.info["n_patches"])
     assert [e for e, _ in epochs] == [0]
     # the epoch hook's scorer is a real PatchCore once used
-    epoch_metrics = evaluate_scorer(epochs[0][1], category, CPU, with_aupro=False)
+    epoch_metrics = evaluate_scorer(epochs[0][1], category, CPU, full=False)
     assert math.isfinite(epoch_metrics["image_auroc"])
 
     _, _, _, again, _ = fit_and_score(method, category)

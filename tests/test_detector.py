@@ -36,6 +36,20 @@ def test_predict_accepts_paths_arrays_and_tensors(detector):
     assert det.predict(gray)[0].shape == (1,)
 
 
+def test_maps_at_each_inputs_own_size(detector):
+    det, cat = detector
+    small = np.asarray(Image.open(cat.test[0].path).resize((40, 30)))  # (30, 40, 3), not square
+    big = np.asarray(Image.open(cat.test[1].path))
+    scores, maps = det.predict([small, big], map_size="input")
+    assert [m.shape for m in maps] == [(30, 40), big.shape[:2]]
+    model_scores, model_maps = det.predict([small, big])
+    assert np.allclose(scores, model_scores)
+    # the same map, only resized: its range is the model-size map's (bilinear never overshoots)
+    assert maps[1].max() <= model_maps[1].max() + 1e-5 and maps[1].min() >= model_maps[1].min() - 1e-5
+    with pytest.raises(ValueError, match="map_size"):
+        det.predict([small], map_size="original")
+
+
 def test_save_load_round_trip_is_exact_and_pickle_free(detector, tmp_path):
     det, cat = detector
     folder = det.save(tmp_path / "ckpt")

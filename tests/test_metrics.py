@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from raybench.metrics import aupro, f1_max, image_auroc, pixel_auroc
+from raybench.metrics import aupro, f1_max, f1_max_threshold, image_auroc, pixel_auroc
 
 
 def test_image_auroc_counts_ordered_pairs():
@@ -30,6 +30,11 @@ def test_f1_max_hand_computed():
     # threshold 0.4 -> predict {0.9, 0.8(normal), 0.4}: tp=2, fp=1, fn=0 -> P=2/3, R=1, F1=0.8
     # threshold 0.9 -> tp=1, fp=0, fn=1 -> F1=2/3; best is 0.8
     assert f1_max([1, 0, 1, 0], [0.9, 0.8, 0.4, 0.1]) == pytest.approx(0.8)
+    f1, threshold = f1_max_threshold([1, 0, 1, 0], [0.9, 0.8, 0.4, 0.1])
+    assert (f1, threshold) == (pytest.approx(0.8), pytest.approx(0.4))  # the best cut: score >= 0.4
+    # perfect separation: the lowest anomalous score; a single class has no threshold
+    assert f1_max_threshold([0, 1], [0.2, 0.7])[1] == pytest.approx(0.7)
+    assert np.isnan(f1_max_threshold([0, 0], [0.2, 0.7])[1])
 
 
 def test_aupro_perfect_and_inverted_maps():

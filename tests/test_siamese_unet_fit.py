@@ -50,7 +50,7 @@ def test_real_anomalies_used_in_training_are_never_scored(demo, monkeypatch):
     assert anomalous_used == set(result.excluded_test)
     scored = {relative_path(s, category) for s in scored_test_samples(category, result.excluded_test)}
     assert scored and not (trained_on & scored)
-    metrics = evaluate_scorer(result.scorer, category, CPU, result.excluded_test, with_aupro=False)
+    metrics = evaluate_scorer(result.scorer, category, CPU, result.excluded_test, full=False)
     assert metrics["n_test_scored"] == len(category.test) - 5
 
 
@@ -89,7 +89,7 @@ def test_same_seed_same_metrics(demo):
     for _ in range(2):
         config = smoke_config(anomaly_source="synthetic", epochs2=0, seed=3)
         result = get_method("siamese-unet").fit(config, category, CPU)
-        runs.append(evaluate_scorer(result.scorer, category, CPU, result.excluded_test, with_aupro=False))
+        runs.append(evaluate_scorer(result.scorer, category, CPU, result.excluded_test, full=False))
     keys = ("image_auroc", "pixel_auroc", "f1_max")
     assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
 
@@ -101,7 +101,7 @@ def test_smoke_fit_evaluate_and_detector_roundtrip(demo, tmp_path):
     config = smoke_config(anomaly_source="synthetic")
     result = get_method("siamese-unet").fit(config, category, CPU, on_epoch=lambda e, s, excluded: epochs.append(e))
     assert epochs == [0, 1]  # global count over stage 1 and stage 2
-    metrics = evaluate_scorer(result.scorer, category, CPU, result.excluded_test, with_aupro=False)
+    metrics = evaluate_scorer(result.scorer, category, CPU, result.excluded_test, full=False)
     assert 0 <= metrics["image_auroc"] <= 1 and 0 <= metrics["pixel_auroc"] <= 1
     detector = Detector("siamese-unet", config, result.scorer, {"excluded_test": result.excluded_test})
     detector.save(tmp_path / "ckpt")

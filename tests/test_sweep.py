@@ -5,9 +5,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from raybench import best_model, tracking
 from raybench.cli import main
@@ -58,6 +60,8 @@ def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, de
     top = max(runs, key=lambda r: (r.data.metrics["image_auroc"], r.data.metrics["pixel_auroc"]))
     det = best_model("disc", tracking_uri=uri, device="cpu")
     assert det.meta["run_id"] == top.info.run_id
+    assert det.image_threshold == pytest.approx(top.data.metrics["image_threshold"])
+    assert det.pixel_threshold == pytest.approx(top.data.metrics["pixel_threshold"])
     again = det.evaluate(demo_root)
     assert again["image_auroc"] == pytest.approx(top.data.metrics["image_auroc"], abs=1e-6)
     # float32 maps summed in another thread layout: equal to ~1e-6, not bit for bit
@@ -73,9 +77,16 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
     assert "stripes" in out and "disc" in out and "patchcore" in out
     images = sorted(str(p) for p in (demo_root / "disc" / "test" / "crack").glob("*.png"))[:2]
     assert main(["predict", "--category", "disc", "--tracking-uri", uri, "--out", str(tmp_path / "maps"), *images]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if "\t" in l]
-    assert len(lines) == 2 and all(float(l.split("\t")[0]) > 0 for l in lines)
-    assert np.load(tmp_path / "maps" / "000_map.npy").shape == (64, 64)
+    rows = [l.split("\t") for l in capsys.readouterr().out.splitlines() if "\t" in l]
+    det = best_model("disc", tracking_uri=uri, device="cpu")
+    assert len(rows) == 2 and all(float(score) > 0 for score, _, _ in rows)
+    # the verdict is the image threshold the run logged (F1-max on its test split)
+    assert [v for _, v, _ in rows] == ["anomalous" if float(s) >= det.image_threshold else "normal" for s, _, _ in rows]
+    side = Image.open(images[0]).size[0]  # the demo's 128 px, not the model's 64
+    amap = np.load(tmp_path / "maps" / f"000_{Path(images[0]).stem}_map.npy")
+    assert amap.shape == (side, side)
+    mask = np.asarray(Image.open(tmp_path / "maps" / f"000_{Path(images[0]).stem}_mask.png"))
+    assert np.array_equal(mask > 0, amap >= det.pixel_threshold)
 
 
 def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(tmp_path, demo_root, ray_local):

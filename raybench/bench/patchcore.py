@@ -78,7 +78,7 @@ def run_raybench_patchcore(config, train, test, labels, masks, device, batch_siz
     scores, maps = score_images(model, test, batch_size, device)
     sync(device)
     infer_seconds = time.perf_counter() - start
-    metrics = evaluate_predictions(labels, scores, masks, maps, with_aupro=False)
+    metrics = evaluate_predictions(labels, scores, masks, maps, full=False)
     return model, {"fit_s": fit_seconds, "coreset_s": coreset_seconds, "infer_img_s": len(test) / infer_seconds,
                    "n_patches": info["n_patches"], "bank": info["bank_size"], **metrics}
 
@@ -119,7 +119,7 @@ def run_anomalib_patchcore(peer_cls, raybench_model, config, train, test, labels
     sync(device)
     infer_seconds = time.perf_counter() - start
     metrics = evaluate_predictions(labels, torch.cat(scores).numpy(), masks, torch.cat(maps).numpy(),
-                                   with_aupro=False)
+                                   full=False)
     return {"fit_s": fit_seconds, "coreset_s": fit_seconds - embed_seconds,
             "infer_img_s": len(test) / infer_seconds, "bank": int(peer.memory_bank.shape[0]), **metrics}
 
@@ -132,7 +132,7 @@ def run_method(name, overrides, category, device):
     result = spec.fit(config, category, device)
     sync(device)
     fit_seconds = time.perf_counter() - start
-    metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test, with_aupro=False)
+    metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test, full=False)
     info = result.info
     return {"fit_s": fit_seconds, "train_s": info.get("train_seconds", 0.0),
             "saliency_s": info.get("saliency_seconds", 0.0), "bank_s": info.get("memory_bank_seconds", 0.0),

@@ -55,13 +55,18 @@ def resize_array(arr: np.ndarray, size: int) -> np.ndarray:
     return np.stack(chans, axis=2)
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Image file -> float32 (3, size, size) in [0, 1]; DatasetError names the file on failure."""
+def read_image(path: str | Path) -> np.ndarray:
+    """Image file -> float32 (H, W, 3) in [0, 1] at its own size; DatasetError names the file on failure."""
     path = Path(path)
     arr = image_to_array(_open(path))
     if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
         raise DatasetError(path, f"image has unusable shape {arr.shape}")
-    return np.ascontiguousarray(resize_array(arr, size).transpose(2, 0, 1))
+    return arr
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Image file -> float32 (3, size, size) in [0, 1]; DatasetError names the file on failure."""
+    return np.ascontiguousarray(resize_array(read_image(path), size).transpose(2, 0, 1))
 
 
 def load_mask(path: str | Path, size: int) -> np.ndarray:
