@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from raybench.cli import parse_set
 from raybench.config import from_dict
 from raybench.data import load_dataset
+from raybench.errors import WeightsError
 from raybench.evaluation import evaluate_scorer, relative_path
 from raybench.methods import get_method
 from raybench.methods.siamese_unet import draw_real_anomalies
-from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, load_state_file
 from raybench.models.common import pick_device, set_seed
 
 # ablations of the real-anomaly variant: which part helps or hurts at image level
@@ -56,8 +58,12 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--variants", nargs="+", default=["rd", "siamese-real", "siamese-synthetic", "anomalib-rd"],
                     choices=VARIANTS)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config field for every raybench variant, e.g. lambda_con=0.1 (repeatable)")
     ap.add_argument("--device", default=None)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.overrides = parse_set(args.overrides)
+    return args
 
 
 def method_config(variant: str, args, seed: int):
@@ -67,6 +73,7 @@ def method_config(variant: str, args, seed: int):
                   batch_size=args.batch_size, max_steps_per_epoch=args.max_steps, n_anomalies=args.n_anomalies)
     if args.small_model:
         values.update(bottleneck_blocks=1, decoder_blocks=1)
+    values.update(args.overrides)  # strings: from_dict coerces and validates them
     if method == "rd":
         values.update(epochs1=args.epochs1 + args.epochs2, epochs2=0)
     else:
@@ -86,7 +93,7 @@ def run_method(variant, args, seed, category, device) -> dict:
     result = spec.fit(config, category, device)
     excluded = common_exclusion(args, seed, category)
     assert set(result.excluded_test) <= set(excluded)
-    metrics = evaluate_scorer(result.scorer, category, device, excluded, with_aupro=False)
+    metrics = evaluate_scorer(result.scorer, category, device, excluded, full=False)
     return {"train_img_s": result.info["train_images_per_second"],
             "normal_img_s": result.info["train_normal_images_per_second"],
             "train_s": result.info["train_seconds"], **metrics}
@@ -120,10 +127,17 @@ def run_anomalib(args, seed, category, device) -> dict | None:
     model = ReverseDistillationModel(backbone=args.backbone, input_size=(args.image_size,) * 2,
                                      layers=["layer1", "layer2", "layer3"], anomaly_map_mode="add",
                                      pre_trained=args.weights == "imagenet").to(device)
+    if args.weights not in ("imagenet", "random"):
+        # anomalib only knows hub or random weights: load the same local file the raybench variants
+        # use, or anomalib-rd would silently train on a random encoder
+        missing, _ = model.encoder.feature_extractor.load_state_dict(load_state_file(args.weights), strict=False)
+        if missing:
+            raise WeightsError(f"weights file {args.weights} does not fit {args.backbone!r}: missing {missing[:5]}...")
     scorer = _AnomalibScorer(model, args.image_size).to(device)
     loss_fn = ReverseDistillationLoss()
     params = list(model.decoder.parameters()) + list(model.bottleneck.parameters())
-    optimizer = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
+    # as anomalib 2.x ReverseDistillation.configure_optimizers: betas (0.5, 0.99), not RD4AD's 0.999
+    optimizer = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.99))
     train = load_images(category.train, args.image_size).to(device)
     generator = torch.Generator().manual_seed(seed)
     seen, seconds = 0, 0.0
@@ -148,7 +162,7 @@ def run_anomalib(args, seed, category, device) -> dict | None:
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
     metrics = evaluate_scorer(scorer.eval(), category, device, common_exclusion(args, seed, category),
-                              with_aupro=False)
+                              full=False)
     return {"train_img_s": seen / seconds, "normal_img_s": seen / seconds, "train_s": seconds, **metrics}
 
 
@@ -161,16 +175,21 @@ def main(argv=None) -> None:
         category = dataclasses.replace(category, train=[category.train[i] for i in keep])
     print(f"{category.summary()} | device {device} | {args.backbone} ({args.weights}) {args.image_size} px "
           f"(pixel AUROC at {args.image_size} px), batch {args.batch_size}, epochs {args.epochs1}+{args.epochs2}, "
-          f"max steps/epoch {args.max_steps}, torch threads {torch.get_num_threads()}")
+          f"max steps/epoch {args.max_steps}, torch threads {torch.get_num_threads()}"
+          + (f", set {args.overrides}" if args.overrides else ""))
     header = f"{'variant':<18}{'seed':>5}{'train img/s':>13}{'normal/s':>10}{'infer img/s':>13}{'img AUROC':>11}{'pix AUROC':>11}{'train s':>9}"
     print(header)
     rows: dict[str, list[dict]] = {}
-    for variant in args.variants:
-        for seed in args.seeds:
+    skipped = set()
+    for seed in args.seeds:  # variants interleaved per seed: load drifts hit every variant alike
+        for variant in args.variants:
+            if variant in skipped:
+                continue
             if variant == "anomalib-rd":
                 row = run_anomalib(args, seed, category, device)
                 if row is None:
-                    break
+                    skipped.add(variant)
+                    continue
             else:
                 row = run_method(variant, args, seed, category, device)
             rows.setdefault(variant, []).append(row)
