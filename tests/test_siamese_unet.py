@@ -20,7 +20,17 @@ def test_cosine_distance_loss_hand_computed():
     # layer B: (3,4)|(4,3) -> cos 24/25, 1-cos 0.04
     teacher = [vectors((1, 0), (1, 0)), vectors((3, 4))]
     student = [vectors((1, 0), (0, 1)), vectors((4, 3))]
-    assert cosine_distance_loss(teacher, student).item() == pytest.approx((0.5 + 0.04) / 2, abs=1e-6)
+    assert cosine_distance_loss(teacher, student, "position").item() == pytest.approx((0.5 + 0.04) / 2, abs=1e-6)
+
+
+def test_cosine_distance_loss_flatten_reduction_hand_computed():
+    # positions (3,0)|(3,0) -> 1-cos 0 and (0,1)|(1,0) -> 1-cos 1: per position, mean 0.5;
+    # flattened (C,H,W): teacher [3,0,0,1], student [3,1,0,0] -> cos 9/10, 1-cos 0.1
+    teacher, student = [vectors((3, 0), (0, 1))], [vectors((3, 0), (1, 0))]
+    assert cosine_distance_loss(teacher, student, "position").item() == pytest.approx(0.5, abs=1e-6)
+    assert cosine_distance_loss(teacher, student, "flatten").item() == pytest.approx(0.1, abs=1e-6)
+    with pytest.raises(ValueError, match="cosine reduction"):
+        cosine_distance_loss(teacher, student, "pooled")
 
 
 # ---- eq. 2 ----

@@ -53,6 +53,7 @@ class SiameseUNetConfig:
     stage2: bool = True  # deviation finetuning
     margin: float = 0.1  # eq. 6; not stated in the extracted text
     contrastive_reduction: Literal["pooled", "flatten"] = "pooled"  # see losses._layer_cosine
+    cosine_reduction: Literal["flatten", "position"] = "flatten"  # eq. 1 as RD's code; see losses.cosine_distance_loss
     lambda_con: float = 1.0  # eq. 7; not stated
     lambda_cos: float = 1.0
     p: float = 1.0  # eq. 8 target for anomalies: bi-polar 0 / 1 like the labels; not stated
@@ -198,14 +199,15 @@ class _Trainer:
             with self.autocast():
                 teacher, student = self.step_module(normal)
             self.forwarded += n
-            return cfg.lambda_cos * cosine_distance_loss(teacher, student)
+            return cfg.lambda_cos * cosine_distance_loss(teacher, student, cfg.cosine_reduction)
         rotated = rotate(normal, step.angles).contiguous(memory_format=self.memory_format)
         batch = torch.cat([normal, rotated, self.gather(self.anomalies, step.anomalous)])
         with self.autocast():
             teacher, student = self.step_module(batch)  # the three Siamese branches in one pass
         self.forwarded += 3 * n
         s_normal, s_rotated, s_anomalous = zip(*(s.split(n) for s in student))
-        l_cos = cosine_distance_loss([t[:2 * n] for t in teacher], [s[:2 * n] for s in student])
+        l_cos = cosine_distance_loss([t[:2 * n] for t in teacher], [s[:2 * n] for s in student],
+                                     cfg.cosine_reduction)
         l_con = contrastive_loss(s_normal, s_rotated, s_anomalous, cfg.margin, cfg.contrastive_reduction)
         return stage1_loss(l_con, l_cos, cfg.lambda_con, cfg.lambda_cos)
 

@@ -18,10 +18,24 @@ def cosine_distance_maps(teacher: Features, student: Features) -> list[torch.Ten
     return [1.0 - F.cosine_similarity(t.float(), s.float(), dim=1) for t, s in zip(teacher, student)]
 
 
-def cosine_distance_loss(teacher: Features, student: Features) -> torch.Tensor:
-    """Eq. 1: mean over layers of the mean over samples and positions of 1 - cos(T_i, S_i)."""
-    maps = cosine_distance_maps(teacher, student)
-    return torch.stack([m.mean() for m in maps]).mean()
+def cosine_distance_loss(teacher: Features, student: Features, reduction: str = "flatten") -> torch.Tensor:
+    """Eq. 1: mean over layers (and samples) of 1 - cos(T_i, S_i).
+
+    The text leaves open which vectors the cosine compares. `flatten` (the method's default): one
+    cosine per sample between the whole flattened layer outputs, as RD's released code and
+    anomalib train it; large-norm positions dominate, so the student is not pushed to copy every
+    weak position exactly. `position`: at every position along channels, averaged (RD's paper,
+    eq. 3, and the quantity the anomaly map sums). Measured with rd (random resnet18, 64 px, 3 seeds):
+    flatten gave pixel AUROC 0.699 vs 0.564 on KolektorSDD and 0.559 vs 0.542 on Magnetic Tile, image
+    AUROC within the seeds' spread (0.566 vs 0.575, 0.537 vs 0.558).
+    """
+    if reduction == "position":
+        maps = cosine_distance_maps(teacher, student)
+        return torch.stack([m.mean() for m in maps]).mean()
+    if reduction == "flatten":
+        return torch.stack([(1.0 - F.cosine_similarity(t.float().flatten(1), s.float().flatten(1), dim=1)).mean()
+                            for t, s in zip(teacher, student)]).mean()
+    raise ValueError(f"unknown cosine reduction {reduction!r}; expected position|flatten")
 
 
 def anomaly_map(teacher: Features, student: Features, image_size: int, sigma: float) -> torch.Tensor:
