@@ -142,12 +142,12 @@ def test_position_attention_pools_keys_above_the_limit():
 
 
 # ---- model ----
-@pytest.mark.parametrize("cpam", [True, False])
-def test_student_restores_every_teacher_layer(cpam):
+@pytest.mark.parametrize("cpam,block", [(True, "auto"), (False, "auto"), (True, "bottleneck")])
+def test_student_restores_every_teacher_layer(cpam, block):
     from raybench.models.siamese_unet import SiameseUNet
     torch.manual_seed(0)
     model = SiameseUNet("resnet18", ["layer1", "layer2", "layer3"], "random", image_size=64,
-                        cpam=cpam, bottleneck_blocks=1, decoder_blocks=1)
+                        cpam=cpam, bottleneck_blocks=1, decoder_blocks=1, block=block)
     x = torch.rand(2, 3, 64, 64)
     teacher, student = model.features(x)
     assert [t.shape for t in teacher] == [s.shape for s in student]
@@ -156,6 +156,21 @@ def test_student_restores_every_teacher_layer(cpam):
     scores, maps = model.eval()(x)
     assert scores.shape == (2,) and maps.shape == (2, 64, 64)
     assert torch.allclose(scores, maps.flatten(1).amax(1))
+
+
+def test_decoder_blocks_mirror_the_teachers_as_in_rd():
+    from raybench.models.siamese_unet.model import (FeatureExtractor, ResidualBasic, ResidualBottleneck,
+                                                    SiameseUNet, teacher_block_type)
+    assert teacher_block_type(FeatureExtractor("resnet18", ["layer1"], "random")) == "basic"
+    assert teacher_block_type(FeatureExtractor("resnet50", ["layer1"], "random")) == "bottleneck"
+    model = SiameseUNet("resnet18", ["layer1", "layer2", "layer3"], "random", image_size=32,
+                        bottleneck_blocks=1, decoder_blocks=1)
+    assert all(isinstance(stage.blocks[0], ResidualBasic) for stage in model.decoder)
+    model = SiameseUNet("resnet18", ["layer1", "layer2", "layer3"], "random", image_size=32,
+                        bottleneck_blocks=1, decoder_blocks=1, block="bottleneck")
+    assert all(isinstance(stage.blocks[0], ResidualBottleneck) for stage in model.decoder)
+    with pytest.raises(ValueError, match="unknown block"):
+        SiameseUNet("resnet18", ["layer1", "layer2", "layer3"], "random", image_size=32, block="dense")
 
 
 # ---- search spaces ----

@@ -47,6 +47,7 @@ class SiameseUNetConfig:
     batch_size: int = 16
     bottleneck_blocks: int = 3  # ResNet blocks in the one-class embedding (RD: 3)
     decoder_blocks: int = 2  # residual blocks per decoder stage (the first one upsamples)
+    block: Literal["auto", "basic", "bottleneck"] = "auto"  # auto: the teacher's own block type, as RD
     cpam: bool = True
     pam_max_positions: int = 1024  # PAM keys/values pooled above this many positions (see cpam.py)
     stage1: bool = True  # contrastive term in stage 1 (off: stage 1 is plain L_cos)
@@ -85,7 +86,7 @@ def build(config: SiameseUNetConfig) -> SiameseUNet:
     return SiameseUNet(config.backbone, list(config.layers), config.weights, config.image_size,
                        sigma=config.sigma, cpam=config.cpam, bottleneck_blocks=config.bottleneck_blocks,
                        decoder_blocks=config.decoder_blocks, pam_max_positions=config.pam_max_positions,
-                       amp=config.amp)
+                       amp=config.amp, block=config.block)
 
 
 def uses_anomalies(config: SiameseUNetConfig) -> bool:

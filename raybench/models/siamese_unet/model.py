@@ -46,19 +46,51 @@ class ResidualBottleneck(nn.Module):
         return F.relu(self.body(x) + self.shortcut(x))
 
 
+class ResidualBasic(nn.Module):
+    """Two 3x3 convolutions (the first strided down, or a 2x2 transposed conv up), as ResNet's
+    BasicBlock and RD's decoder for ResNet18/34, with a projected shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, width: int = 0, resample: str = "none"):
+        super().__init__()
+        if resample == "down":
+            first, shortcut = nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.Conv2d(cin, cout, 1, 2, bias=False)
+        elif resample == "up":
+            first, shortcut = nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.ConvTranspose2d(cin, cout, 2, 2, bias=False)
+        else:
+            first = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+            shortcut = nn.Conv2d(cin, cout, 1, bias=False) if cin != cout else None
+        self.body = nn.Sequential(first, nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(shortcut, nn.BatchNorm2d(cout)) if shortcut is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+BLOCKS = {"bottleneck": ResidualBottleneck, "basic": ResidualBasic}
+
+
+def teacher_block_type(teacher: FeatureExtractor) -> str:
+    """'basic' when the teacher is built from BasicBlocks (ResNet18/34), else 'bottleneck': RD's
+    decoder mirrors its encoder's block type."""
+    names = {type(m).__name__ for m in teacher.model.modules()}
+    return "basic" if "BasicBlock" in names and "Bottleneck" not in names else "bottleneck"
+
+
 class OneClassBottleneck(nn.Module):
     """Multi-scale feature fusion (layer1 and layer2 strided down to layer3's grid, concatenated
     with layer3) followed by a ResNet stage that halves the grid again (one-class embedding)."""
 
-    def __init__(self, channels: list[int], blocks: int):
+    def __init__(self, channels: list[int], blocks: int, block: str = "bottleneck"):
         super().__init__()
+        Block = BLOCKS[block]
         c1, c2, c3 = channels
         self.down1 = nn.Sequential(conv_bn_relu(c1, c2, 2), conv_bn_relu(c2, c3, 2))
         self.down2 = conv_bn_relu(c2, c3, 2)
         self.out_channels = 2 * c3
         width = self.out_channels // 4
-        stage = [ResidualBottleneck(3 * c3, self.out_channels, width, "down")]
-        stage += [ResidualBottleneck(self.out_channels, self.out_channels, width) for _ in range(blocks - 1)]
+        stage = [Block(3 * c3, self.out_channels, width, "down")]
+        stage += [Block(self.out_channels, self.out_channels, width) for _ in range(blocks - 1)]
         self.embed = nn.Sequential(*stage)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -73,12 +105,14 @@ class OneClassBottleneck(nn.Module):
 class DecoderStage(nn.Module):
     """Optional CPAM, then an upsampling residual block and `blocks - 1` plain ones."""
 
-    def __init__(self, cin: int, cout: int, blocks: int, cpam: bool, max_positions: int):
+    def __init__(self, cin: int, cout: int, blocks: int, cpam: bool, max_positions: int,
+                 block: str = "bottleneck"):
         super().__init__()
         self.cpam = CPAM(cin, max_positions) if cpam else nn.Identity()
         width = max(1, cout // 2)  # wide-ResNet-like width, as RD's de_wide_resnet50_2
-        layers = [ResidualBottleneck(cin, cout, width, "up")]
-        layers += [ResidualBottleneck(cout, cout, width) for _ in range(blocks - 1)]
+        Block = BLOCKS[block]
+        layers = [Block(cin, cout, width, "up")]
+        layers += [Block(cout, cout, width) for _ in range(blocks - 1)]
         self.blocks = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -98,17 +132,22 @@ class SiameseUNet(nn.Module):
 
     def __init__(self, backbone: str, layers: list[str], weights: str, image_size: int,
                  sigma: float = 4.0, cpam: bool = True, bottleneck_blocks: int = 3,
-                 decoder_blocks: int = 2, pam_max_positions: int = 1024, amp: bool = False):
+                 decoder_blocks: int = 2, pam_max_positions: int = 1024, amp: bool = False,
+                 block: str = "auto"):
         super().__init__()
         if len(layers) != 3:
             raise ValueError(f"the T-S U-Net needs three teacher layers, got {layers}")
         self.image_size, self.sigma, self.amp = image_size, sigma, amp
         self.teacher = FeatureExtractor(backbone, layers, weights, frozen=True)
         channels = self.teacher.channels
-        self.bottleneck = OneClassBottleneck(channels, bottleneck_blocks)
+        if block == "auto":
+            block = teacher_block_type(self.teacher)
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; expected auto|{'|'.join(BLOCKS)}")
+        self.bottleneck = OneClassBottleneck(channels, bottleneck_blocks, block)
         ins = [self.bottleneck.out_channels, channels[2], channels[1]]
         outs = [channels[2], channels[1], channels[0]]
-        self.decoder = nn.ModuleList(DecoderStage(i, o, decoder_blocks, cpam, pam_max_positions)
+        self.decoder = nn.ModuleList(DecoderStage(i, o, decoder_blocks, cpam, pam_max_positions, block)
                                      for i, o in zip(ins, outs))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
