@@ -94,7 +94,8 @@ def check_storage(root: str) -> None:
     from raybench.errors import TrackingError
     try:
         fs, path = _storage_fs(root)
-        fs.create_dir(path, recursive=True)
+        if fs.type_name == "local":  # object stores have no folders (s3://bucket would mean CreateBucket)
+            fs.create_dir(path, recursive=True)
         probe = f"{path}/.raybench-write-test-{uuid.uuid4().hex[:8]}"
         with fs.open_output_stream(probe) as fh:
             fh.write(b"ok")
