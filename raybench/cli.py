@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with the best model of a category")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files or folders of them")
     p.add_argument("--dataset", default=None)
     p.add_argument("--category", required=True)
     p.add_argument("--method", default=None)
@@ -112,29 +112,55 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def image_paths(arguments: list[str]) -> list[Path]:
+    """Files as given; a folder stands for its image files (sorted, not recursive)."""
+    from raybench.data.io import IMAGE_SUFFIXES
+    paths = []
+    for arg in map(Path, arguments):
+        if arg.is_dir():
+            paths += sorted(p for p in arg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(arg)
+    return paths
+
+
 def cmd_predict(args) -> int:
     import numpy as np
     from PIL import Image
 
     from raybench import best_model
+    from raybench.data.io import check_image
+    from raybench.errors import DatasetError
     det = best_model(args.category, dataset=args.dataset, method=args.method, tracking_uri=args.tracking_uri)
-    scores, maps = det.predict(args.images, map_size="input")
+    paths, unreadable = [], 0
+    for path in image_paths(args.images):
+        try:
+            check_image(path)
+            paths.append(path)
+        except DatasetError as err:  # say which and why, score the rest
+            print(f"skipped: {err}", file=sys.stderr)
+            unreadable += 1
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
     image_cut, pixel_cut = det.image_threshold, det.pixel_threshold
-    for i, (path, score, amap) in enumerate(zip(args.images, scores, maps)):
-        verdict = "?" if image_cut is None else ("anomalous" if score >= image_cut else "normal")
-        print(f"{score:.6f}\t{verdict}\t{path}")
-        if out:
-            stem = f"{i:03d}_{Path(path).stem}"  # the index keeps same-named files from different folders apart
-            np.save(out / f"{stem}_map.npy", amap)
-            # one scale for every image: black 0, mid-grey at the pixel threshold, white at twice it
-            scale = 2 * pixel_cut if pixel_cut else float(amap.max()) or 1.0
-            Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8)).save(out / f"{stem}_map.png")
-            if pixel_cut is not None:
-                Image.fromarray(((amap >= pixel_cut) * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
-    return 0
+    chunk = 32
+    for start in range(0, len(paths), chunk):  # results appear as they come
+        scores, maps = det.predict(paths[start:start + chunk], batch_size=chunk, map_size="input")
+        for i, (path, score, amap) in enumerate(zip(paths[start:start + chunk], scores, maps), start):
+            verdict = "?" if image_cut is None else ("anomalous" if score >= image_cut else "normal")
+            print(f"{score:.6f}\t{verdict}\t{path}", flush=True)
+            if out:
+                stem = f"{i:03d}_{path.stem}"  # the index keeps same-named files from different folders apart
+                np.save(out / f"{stem}_map.npy", amap)
+                # one scale for every image: black 0, mid-grey at the pixel threshold, white at twice it
+                scale = 2 * pixel_cut if pixel_cut else float(amap.max()) or 1.0
+                Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8)).save(out / f"{stem}_map.png")
+                if pixel_cut is not None:
+                    Image.fromarray(((amap >= pixel_cut) * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
+    if unreadable:
+        print(f"{unreadable} file(s) could not be read (listed above); {len(paths)} scored", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def cmd_methods(args) -> int:

@@ -39,13 +39,18 @@ def _to_hwc(img) -> np.ndarray:
     return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
 
 
-def _as_batch(images, size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Paths, PIL images, arrays (H,W), (H,W,C), (N,H,W,C) or tensors (N,C,H,W) -> (N,3,S,S) in
-    [0,1], and each input's own (H, W)."""
+def _as_items(images) -> list:
+    """One input or many (paths, PIL images, arrays (H,W), (H,W,C), (N,H,W,C), tensors (N,C,H,W))
+    -> a list of single images."""
     single = isinstance(images, (str, Path, Image.Image)) or (
         isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim < 4)
+    return [images] if single else list(images)
+
+
+def _as_batch(items: list, size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Single images -> (N,3,S,S) in [0,1], and each input's own (H, W)."""
     out, sizes = [], []
-    for img in [images] if single else images:
+    for img in items:
         arr = read_image(img) if isinstance(img, (str, Path)) else _to_hwc(img)
         sizes.append(arr.shape[:2])
         out.append(torch.from_numpy(np.ascontiguousarray(resize_array(arr, size).transpose(2, 0, 1))))
@@ -86,19 +91,21 @@ class Detector:
         (bilinear), ready to lay over the image."""
         if map_size not in ("model", "input"):
             raise ValueError(f"map_size must be 'model' or 'input', not {map_size!r}")
-        batch, sizes = _as_batch(images, self.image_size)
+        items = _as_items(images)
         self.scorer.eval()
         scores, maps = [], []
-        for start in range(0, len(batch), batch_size):
-            s, m = self.scorer(batch[start:start + batch_size].to(self.device))
+        for start in range(0, len(items), batch_size):  # read a batch, score it: memory stays flat
+            batch, sizes = _as_batch(items[start:start + batch_size], self.image_size)
+            s, m = self.scorer(batch.to(self.device))
             scores.append(s.float().cpu())
-            maps.append(m.float().cpu())
-        scores, maps = torch.cat(scores), torch.cat(maps)
-        if map_size == "model":
-            return scores.numpy(), maps.numpy()
-        return scores.numpy(), [
-            F.interpolate(m[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
-            for m, hw in zip(maps, sizes)]
+            m = m.float().cpu()
+            if map_size == "model":
+                maps.append(m)
+            else:
+                maps += [F.interpolate(one[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+                         for one, hw in zip(m, sizes)]
+        scores = torch.cat(scores).numpy()
+        return (scores, torch.cat(maps).numpy()) if map_size == "model" else (scores, maps)
 
     def evaluate(self, data_root=None, dataset: str | None = None, category: str | None = None) -> dict:
         """Recompute the metrics on the test set this detector was scored on (same exclusions)."""

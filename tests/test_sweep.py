@@ -1,5 +1,6 @@
 """The whole spine on a real local Ray and a real MLflow store: sweep -> runs -> best_model."""
 import math
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,6 +88,17 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
     assert amap.shape == (side, side)
     mask = np.asarray(Image.open(tmp_path / "maps" / f"000_{Path(images[0]).stem}_mask.png"))
     assert np.array_equal(mask > 0, amap >= det.pixel_threshold)
+    # a folder of new images with one broken file: the rest are scored, the broken one is named
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        shutil.copy(image, folder / f"part{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert main(["predict", "--category", "disc", "--tracking-uri", uri, str(folder)]) == 1
+    captured = capsys.readouterr()
+    scored = [l.split("\t")[2] for l in captured.out.splitlines() if "\t" in l]
+    assert scored == [str(folder / "part0.png"), str(folder / "part1.png")]
+    assert "broken.png" in captured.err and "1 file(s) could not be read" in captured.err
 
 
 def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(tmp_path, demo_root, ray_local):
