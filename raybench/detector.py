@@ -107,6 +107,18 @@ class Detector:
         scores = torch.cat(scores).numpy()
         return (scores, torch.cat(maps).numpy()) if map_size == "model" else (scores, maps)
 
+    def calibrate(self, normal_images, false_alarm_rate: float = 0.01, batch_size: int = 32) -> dict:
+        """Set the verdict thresholds from known-good images alone: the image cut flags at most
+        `false_alarm_rate` of them, the pixel cut at most that share of their map pixels. For lines
+        where defects are too rare to label; replaces the test-split F1-max cuts (save() keeps them)."""
+        from raybench.metrics import threshold_for_false_alarm_rate
+        scores, maps = self.predict(normal_images, batch_size=batch_size)
+        self.meta.update(image_threshold=threshold_for_false_alarm_rate(scores, false_alarm_rate),
+                         pixel_threshold=threshold_for_false_alarm_rate(maps, false_alarm_rate),
+                         threshold_source=f"calibrated on {len(scores)} normal images, "
+                                          f"false-alarm rate {false_alarm_rate:g}")
+        return {k: self.meta[k] for k in ("image_threshold", "pixel_threshold", "threshold_source")}
+
     def evaluate(self, data_root=None, dataset: str | None = None, category: str | None = None) -> dict:
         """Recompute the metrics on the test set this detector was scored on (same exclusions)."""
         from raybench.data import load_dataset

@@ -35,6 +35,19 @@ def f1_max_threshold(labels, scores) -> tuple[float, float]:
     return float(f1[best]), float(thresholds[best])
 
 
+def threshold_for_false_alarm_rate(values, rate: float) -> float:
+    """The lowest cut that flags at most `rate` of `values` (known-good scores or pixels) under the
+    rule `value >= cut`: just above the (floor(rate * n) + 1)-th largest value, so ties never push
+    the share over `rate`."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"false-alarm rate must be in [0, 1), got {rate}")
+    values = np.sort(np.asarray(values, dtype=np.float32).ravel())[::-1]
+    if values.size == 0:
+        raise ValueError("no values to calibrate on")
+    k = int(np.floor(rate * values.size))
+    return float(np.nextafter(values[k], np.float32(np.inf)))
+
+
 def f1_max(labels, scores) -> float:
     """Best F1 over all thresholds (image level)."""
     return f1_max_threshold(labels, scores)[0]

@@ -53,6 +53,18 @@ def test_maps_at_each_inputs_own_size(detector):
         det.predict([small], map_size="original")
 
 
+def test_calibrate_on_normal_images_sets_cuts_that_flag_at_most_the_rate(detector, tmp_path):
+    det, cat = detector
+    det = Detector(det.method, det.config, det.scorer, dict(det.meta))  # leave the fixture's meta alone
+    normals = [s.path for s in cat.train[:20]]
+    cuts = det.calibrate(normals, false_alarm_rate=0.1)
+    scores, maps = det.predict(normals)
+    assert (scores >= det.image_threshold).sum() <= 2 and (scores >= det.image_threshold).sum() >= 1
+    assert (maps >= det.pixel_threshold).mean() <= 0.1
+    assert cuts["image_threshold"] == det.image_threshold and "20 normal images" in cuts["threshold_source"]
+    assert Detector.load(det.save(tmp_path / "calibrated"), device="cpu").image_threshold == det.image_threshold
+
+
 def test_save_load_round_trip_is_exact_and_pickle_free(detector, tmp_path):
     det, cat = detector
     folder = det.save(tmp_path / "ckpt")

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from raybench.metrics import aupro, f1_max, f1_max_threshold, image_auroc, pixel_auroc
+from raybench.metrics import (aupro, f1_max, f1_max_threshold, image_auroc, pixel_auroc,
+                              threshold_for_false_alarm_rate)
 
 
 def test_image_auroc_counts_ordered_pairs():
@@ -35,6 +36,17 @@ def test_f1_max_hand_computed():
     # perfect separation: the lowest anomalous score; a single class has no threshold
     assert f1_max_threshold([0, 1], [0.2, 0.7])[1] == pytest.approx(0.7)
     assert np.isnan(f1_max_threshold([0, 0], [0.2, 0.7])[1])
+
+
+def test_threshold_for_false_alarm_rate_hand_computed():
+    scores = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    cut = threshold_for_false_alarm_rate(scores, 0.25)  # one of four may be flagged: 0.4, not 0.3
+    assert 0.3 < cut <= 0.4 and (scores >= cut).sum() == 1
+    assert (scores >= threshold_for_false_alarm_rate(scores, 0.0)).sum() == 0  # above the maximum
+    tied = np.array([0.5, 0.5, 0.5, 0.1], np.float32)  # ties: flag none rather than three of four
+    assert (tied >= threshold_for_false_alarm_rate(tied, 0.25)).sum() == 0
+    with pytest.raises(ValueError, match="rate"):
+        threshold_for_false_alarm_rate(scores, 1.0)
 
 
 def test_aupro_perfect_and_inverted_maps():
