@@ -13,6 +13,7 @@ import torch
 from raybench.data.layout import Category, Sample
 from raybench.data.tensors import iterate_batches, load_images, load_masks
 from raybench.metrics import evaluate_predictions
+from raybench.models.common import synchronize
 
 
 def relative_path(sample: Sample, category: Category) -> str:
@@ -49,8 +50,7 @@ def evaluate_scorer(scorer, category: Category, device, excluded=(), batch_size:
     """Metrics on the category's test set; pass `test_set` (from load_test_set) to score the same
     images repeatedly without reading them again."""
     images, masks, labels = test_set if test_set is not None else load_test_set(category, scorer.image_size, excluded)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     scores, maps = score_images(scorer, images, batch_size, device)
     seconds = time.perf_counter() - start

@@ -27,14 +27,14 @@ import time
 import numpy as np
 import torch
 
-from raybench.config import from_dict
+from raybench.config import field_types, from_dict
 from raybench.data import load_dataset
 from raybench.data.tensors import iterate_batches, load_images, load_masks
 from raybench.evaluation import evaluate_scorer, score_images
 from raybench.methods import get_method
 from raybench.metrics import evaluate_predictions
 from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-from raybench.models.common import pick_device, set_seed
+from raybench.models.common import pick_device, set_seed, synchronize
 
 
 def evenly_spaced(items: list, limit: int | None) -> list:
@@ -51,32 +51,27 @@ def subset(category, train_limit, test_limit):
     return dataclasses.replace(category, train=evenly_spaced(category.train, train_limit), test=good + bad)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_raybench_patchcore(config, train, test, labels, masks, device, batch_size):
     spec = get_method("patchcore")
     model = spec.build(config).to(device)
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     info = model.fit(iterate_batches(train, batch_size, device), config.coreset_ratio, config.projection_dim,
                      config.seed)
-    sync(device)
+    synchronize(device)
     fit_seconds = time.perf_counter() - start
     # coreset alone, re-run on the same embeddings for the split of the fit time
     with torch.no_grad():
         embeddings = torch.cat([model.embed(b).flatten(0, 2) for b in iterate_batches(train, batch_size, device)])
     from raybench.models.patchcore import greedy_coreset
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     greedy_coreset(embeddings, info["bank_size"], config.projection_dim, config.seed)
-    sync(device)
+    synchronize(device)
     coreset_seconds = time.perf_counter() - start
     start = time.perf_counter()
     scores, maps = score_images(model, test, batch_size, device)
-    sync(device)
+    synchronize(device)
     infer_seconds = time.perf_counter() - start
     metrics = evaluate_predictions(labels, scores, masks, maps, full=False)
     return model, {"fit_s": fit_seconds, "coreset_s": coreset_seconds, "infer_img_s": len(test) / infer_seconds,
@@ -98,7 +93,7 @@ def run_anomalib_patchcore(peer_cls, raybench_model, config, train, test, labels
     peer.feature_extractor.feature_extractor.load_state_dict(raybench_model.extractor.model.state_dict(), strict=True)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     peer.train()
     with torch.no_grad():
@@ -106,7 +101,7 @@ def run_anomalib_patchcore(peer_cls, raybench_model, config, train, test, labels
             peer((batch - mean) / std)
     embed_seconds = time.perf_counter() - start
     peer.subsample_embedding(config.coreset_ratio)
-    sync(device)
+    synchronize(device)
     fit_seconds = time.perf_counter() - start
     peer.eval()
     scores, maps = [], []
@@ -116,7 +111,7 @@ def run_anomalib_patchcore(peer_cls, raybench_model, config, train, test, labels
             out = peer((batch - mean) / std)
             scores.append(out.pred_score.float().flatten().cpu())
             maps.append(out.anomaly_map.float()[:, 0].cpu())
-    sync(device)
+    synchronize(device)
     infer_seconds = time.perf_counter() - start
     metrics = evaluate_predictions(labels, torch.cat(scores).numpy(), masks, torch.cat(maps).numpy(),
                                    full=False)
@@ -126,11 +121,11 @@ def run_anomalib_patchcore(peer_cls, raybench_model, config, train, test, labels
 
 def run_method(name, overrides, category, device):
     spec = get_method(name)
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    fields = field_types(spec.config_cls)
     config = from_dict(spec.config_cls, {k: v for k, v in overrides.items() if k in fields}, method=name)
     start = time.perf_counter()
     result = spec.fit(config, category, device)
-    sync(device)
+    synchronize(device)
     fit_seconds = time.perf_counter() - start
     metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test, full=False)
     info = result.info
@@ -146,10 +141,10 @@ def coreset_bench(n_patches: int, dim: int, ratio: float, device, peer_limit: in
     features = torch.randn(n_patches, dim, generator=torch.Generator().manual_seed(0)).to(device)
     n_select = max(1, int(round(ratio * n_patches)))
     greedy_coreset(features[:1000], 10)  # warm-up (kernels, allocator)
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     picks = greedy_coreset(features, n_select)
-    sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     print(f"coreset raybench   patches={n_patches} dim={dim} picks={n_select} seconds={seconds:.3f} "
           f"ms_per_pick={1e3 * seconds / n_select:.3f} distinct={len(set(picks.tolist())) == n_select}")
@@ -162,7 +157,7 @@ def coreset_bench(n_patches: int, dim: int, ratio: float, device, peer_limit: in
     sampler = KCenterGreedy(embedding=features[:n_peer], sampling_ratio=ratio)
     start = time.perf_counter()
     sampler.sample_coreset()
-    sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     print(f"coreset anomalib   patches={n_peer} dim={dim} picks={sampler.coreset_size} seconds={seconds:.3f} "
           f"ms_per_pick={1e3 * seconds / sampler.coreset_size:.3f}")

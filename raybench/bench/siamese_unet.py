@@ -32,7 +32,7 @@ from raybench.evaluation import evaluate_scorer, relative_path
 from raybench.methods import get_method
 from raybench.methods.siamese_unet import draw_real_anomalies
 from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, load_state_file
-from raybench.models.common import pick_device, set_seed
+from raybench.models.common import pick_device, set_seed, synchronize
 
 # ablations of the real-anomaly variant: which part helps or hurts at image level
 ABLATIONS = {"siamese-real-no-stage2": {"stage2": False}, "siamese-real-no-stage1": {"stage1": False},
@@ -147,8 +147,7 @@ def run_anomalib(args, seed, category, device) -> dict | None:
         steps = max(1, len(perm) // args.batch_size)
         if args.max_steps:
             steps = min(steps, args.max_steps)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         for step in range(steps):
             batch = train[perm[step * args.batch_size:(step + 1) * args.batch_size].to(device)].float()
@@ -158,8 +157,7 @@ def run_anomalib(args, seed, category, device) -> dict | None:
             loss.backward()
             optimizer.step()
             seen += len(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         seconds += time.perf_counter() - start
     metrics = evaluate_scorer(scorer.eval(), category, device, common_exclusion(args, seed, category),
                               full=False)

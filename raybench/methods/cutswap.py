@@ -20,7 +20,6 @@ unless the sweep actually scores with it; scoring costs one memory-bank build).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from raybench.methods.base import FitResult, MethodSpec, Parallel, register
 from raybench.methods.patchcore import PatchCoreConfig, build as build_patchcore, fit_memory_bank
 from raybench.models.backbones import FeatureExtractor
 from raybench.models.classifier import PatchClassifier, transfer_trunk
-from raybench.models.common import set_seed
+from raybench.models.common import cudnn_determinism, set_seed, synchronize
 from raybench.models.patchcore import PatchCore
 from raybench.synthesis.cutpaste import CutPasteSettings, cutpaste, cutpaste_scar
 from raybench.synthesis.cutswap import SwapSettings, build_anchor_cache, cutswap, select_intervals
@@ -127,17 +126,6 @@ def _extractor_from(trunk, config: SelfSupervisedConfig, device) -> FeatureExtra
     return extractor.to(device)
 
 
-@contextlib.contextmanager
-def _cudnn_determinism(enabled: bool):
-    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    if enabled:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-
-
 def _scar_ranges(config: SelfSupervisedConfig) -> dict:
     return {"scar_width": (config.scar_width_min, config.scar_width_max),
             "scar_length": (config.scar_length_min, config.scar_length_max),
@@ -214,7 +202,7 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
         raise ValueError("epochs and batch_images must be >= 1")
     cuda = device.type == "cuda"
     use_amp = cuda and config.amp
-    with _cudnn_determinism(cuda and config.deterministic):
+    with cudnn_determinism(cuda and config.deterministic):
         images = load_images(category.train, config.image_size).to(device)
         synthesis = synthesis_cls(config, images, device)
 
@@ -277,8 +265,7 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
             # them at the start of each forward): take rank 0's so every rank scores identically
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
-        if cuda:
-            torch.cuda.synchronize(device)
+        synchronize(device)
         train_seconds = time.perf_counter() - start
         del images
 

@@ -30,7 +30,7 @@ from raybench.data.tensors import load_images
 from raybench.errors import ConfigError
 from raybench.evaluation import relative_path
 from raybench.methods.base import FitResult, MethodSpec, Parallel, register
-from raybench.models.common import set_seed
+from raybench.models.common import cudnn_determinism, set_seed, synchronize
 from raybench.models.siamese_unet import SiameseUNet
 from raybench.models.siamese_unet.losses import (contrastive_loss, cosine_distance_loss, deviation_loss,
                                                  layer_scalars, stage1_loss)
@@ -228,8 +228,7 @@ class _Trainer:
         self.model.train()
         plan = self.epoch_plan()
         total = torch.zeros((), device=self.device)  # accumulated on device: no host sync per step
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         for step in plan:
             loss = step_fn(step)
@@ -243,12 +242,13 @@ class _Trainer:
 
 
 def fit(config: SiameseUNetConfig, category: Category, device: torch.device, on_epoch=None) -> FitResult:
+    # cuDNN's autotuner and non-deterministic kernels would make two runs with one seed differ
+    with cudnn_determinism(device.type == "cuda" and config.deterministic):
+        return _fit(config, category, device, on_epoch)
+
+
+def _fit(config: SiameseUNetConfig, category: Category, device: torch.device, on_epoch) -> FitResult:
     set_seed(config.seed)
-    if device.type == "cuda" and config.deterministic:
-        # process-wide flags: cuDNN's autotuner and non-deterministic kernels would make two runs
-        # with the same seed differ on the same GPU
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
     model = build(config).to(device)
     if device.type == "cuda" and config.channels_last:
         model.to(memory_format=torch.channels_last)  # before DDP wraps it

@@ -1,6 +1,7 @@
 """Small tensor helpers shared by the models."""
 from __future__ import annotations
 
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -49,3 +50,24 @@ def set_seed(seed: int) -> None:
 
 
 __all__ = ["gaussian_blur", "gaussian_kernel1d", "upsample_maps", "pick_device", "set_seed"]
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously); a no-op on the CPU. For honest
+    timings only: never inside a training step."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def cudnn_determinism(enabled: bool):
+    """Deterministic cuDNN kernels and no autotuning inside the block (same seed, same GPU, same
+    run); the previous process-wide flags come back afterwards."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    if enabled:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
