@@ -129,37 +129,39 @@ def cmd_predict(args) -> int:
     from PIL import Image
 
     from raybench import best_model
-    from raybench.data.io import check_image
+    from raybench.data.io import read_image
     from raybench.errors import DatasetError
     det = best_model(args.category, dataset=args.dataset, method=args.method, tracking_uri=args.tracking_uri)
-    paths, unreadable = [], 0
-    for path in image_paths(args.images):
-        try:
-            check_image(path)
-            paths.append(path)
-        except DatasetError as err:  # say which and why, score the rest
-            print(f"skipped: {err}", file=sys.stderr)
-            unreadable += 1
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
     image_cut, pixel_cut = det.image_threshold, det.pixel_threshold
-    chunk = 32
+    paths, chunk, scored, unreadable = image_paths(args.images), 32, 0, 0
     for start in range(0, len(paths), chunk):  # results appear as they come
-        scores, maps = det.predict(paths[start:start + chunk], batch_size=chunk, map_size="input")
-        for i, (path, score, amap) in enumerate(zip(paths[start:start + chunk], scores, maps), start):
+        batch = []
+        for path in paths[start:start + chunk]:  # each file read once; a bad one is named and skipped
+            try:
+                batch.append((path, read_image(path)))
+            except DatasetError as err:
+                print(f"skipped: {err}", file=sys.stderr)
+                unreadable += 1
+        if not batch:
+            continue
+        scores, maps = det.predict([image for _, image in batch], batch_size=chunk, map_size="input")
+        for (path, _), score, amap in zip(batch, scores, maps):
             verdict = "?" if image_cut is None else ("anomalous" if score >= image_cut else "normal")
             print(f"{score:.6f}\t{verdict}\t{path}", flush=True)
             if out:
-                stem = f"{i:03d}_{path.stem}"  # the index keeps same-named files from different folders apart
+                stem = f"{scored:03d}_{path.stem}"  # the index keeps same-named files from different folders apart
                 np.save(out / f"{stem}_map.npy", amap)
                 # one scale for every image: black 0, mid-grey at the pixel threshold, white at twice it
                 scale = 2 * pixel_cut if pixel_cut else float(amap.max()) or 1.0
                 Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8)).save(out / f"{stem}_map.png")
                 if pixel_cut is not None:
                     Image.fromarray(((amap >= pixel_cut) * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
+            scored += 1
     if unreadable:
-        print(f"{unreadable} file(s) could not be read (listed above); {len(paths)} scored", file=sys.stderr)
+        print(f"{unreadable} file(s) could not be read (listed above); {scored} scored", file=sys.stderr)
     return 1 if unreadable else 0
 
 

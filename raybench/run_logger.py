@@ -15,9 +15,9 @@ from ray.tune import Callback
 from raybench import tracking
 from raybench.trial import DETECTOR_DIR
 
-
 LOGGED_METRICS = tracking.METRICS + tracking.THRESHOLDS + (
     "fit_seconds", "inference_seconds", "inference_images_per_second", "n_test_scored", "epoch", "workers")
+
 
 class MLflowTrialLogger(Callback):
     def __init__(self, uri: str, experiment_id: str, tags: dict, total: int):

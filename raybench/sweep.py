@@ -107,14 +107,14 @@ def check_storage(root: str) -> None:
 
 # `--resume` without `--sweep-id` continues the last sweep of this dataset and method, named in a
 # small pointer file beside the sweeps, on the same (possibly remote) storage as Ray Tune's state.
-def _latest_path(root: str, dataset: str, method: str) -> str:
-    return f"{_storage_fs(root)[1]}/latest-{dataset}-{method}.json"
+def _latest_pointer(root: str, dataset: str, method: str):
+    fs, base = _storage_fs(root)
+    return fs, f"{base}/latest-{dataset}-{method}.json"
 
 
 def read_latest_sweep_id(root: str, dataset: str, method: str) -> str | None:
     import pyarrow.fs
-    fs, _ = _storage_fs(root)
-    path = _latest_path(root, dataset, method)
+    fs, path = _latest_pointer(root, dataset, method)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
     with fs.open_input_stream(path) as fh:
@@ -122,8 +122,8 @@ def read_latest_sweep_id(root: str, dataset: str, method: str) -> str | None:
 
 
 def write_latest_sweep_id(root: str, spec: "SweepSpec", sweep_id: str) -> None:
-    fs, _ = _storage_fs(root)
-    with fs.open_output_stream(_latest_path(root, spec.dataset, spec.method)) as fh:
+    fs, path = _latest_pointer(root, spec.dataset, spec.method)
+    with fs.open_output_stream(path) as fh:
         fh.write(json.dumps({"sweep_id": sweep_id, "spec": asdict(spec)}, default=str).encode())
 
 

@@ -120,10 +120,10 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     params = dict(params)
     category_name = params.pop("category")
     config = build_config(ctx.method, ctx.base, decode_params(params), ctx.overrides)
-    (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name])
-    if ctx.workers > 1:
+    if ctx.workers > 1:  # each Ray Train worker loads the category itself
         metrics, detector = _fit_distributed(ctx, config, category_name)
     else:
+        (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name])
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
         device = pick_device()
         reporter = EpochReporter(category, device) if ctx.report_epochs else None

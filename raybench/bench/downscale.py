@@ -16,7 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+from raybench.data.io import IMAGE_SUFFIXES
+
 MASK_FOLDERS = {"ground_truth", "gt"}
 
 

@@ -91,13 +91,14 @@ class GpuSampler:
 
 def parse_args(argv=None):
     from raybench.cli import parse_set
+    from raybench.methods.base import BUDGETS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpus-per-trial", type=float, nargs="+", default=[0.25, 1.0])
     ap.add_argument("--cpus-per-trial", type=float, default=1.0)
     ap.add_argument("--method", default="patchcore")
     ap.add_argument("--categories", default="all")
     ap.add_argument("--trials", type=int, default=8, help="trials per category")
-    ap.add_argument("--budget", default="default", choices=("smoke", "default", "paper"))
+    ap.add_argument("--budget", default="default", choices=BUDGETS)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--interval", type=float, default=0.5, help="nvidia-smi sampling period, seconds")
     ap.add_argument("--out", default=None, help="folder for the stores (default: a temporary one)")
