@@ -9,6 +9,7 @@ from ray.tune.search import Searcher
 from raybench.search_space import SearchSpace
 
 METRIC, MODE = "image_auroc", "max"
+ERROR_REPORT = "raybench_error"  # see raybench.trial: a deterministic error reported as a result
 
 
 class PerCategorySearch(Searcher):
@@ -49,14 +50,14 @@ class PerCategorySearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         study = self.studies.get(self.owner.get(trial_id))
-        if study is not None and self.metric in result:
+        if study is not None and self.metric in result and ERROR_REPORT not in result:
             study.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         study = self.studies.get(self.owner.get(trial_id))
         if study is None:
             return
-        if result is not None and not isinstance(result.get(self.metric), (int, float)):
+        if result is not None and (ERROR_REPORT in result or not isinstance(result.get(self.metric), (int, float))):
             result = None
         study.on_trial_complete(trial_id, result, error=error or result is None)
 

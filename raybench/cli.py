@@ -1,22 +1,36 @@
-"""`raybench` command line: parses, calls sweep/tracking/detector, prints. Nothing else."""
+"""`raybench` command line: parses, calls sweep/tracking/detector, prints. Nothing else.
+
+Exit status: 0 all done; 1 `predict` skipped unreadable files; 2 bad input (arguments, data,
+config, search space, tracking, storage: nothing ran); 3 a sweep ended with FAILED trials;
+4 `predict` found no model for the category; 130 interrupted (Ctrl-C; `--resume` finishes a sweep)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
 
+EXIT_OK, EXIT_UNREADABLE, EXIT_USAGE, EXIT_TRIALS_FAILED, EXIT_NO_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+
 def parse_set(items: list[str]) -> dict:
+    from raybench.errors import ConfigError
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)  # numbers, booleans and [lists] as YAML
     return out
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_common(p):
@@ -34,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="dataset folder (not needed for demo)")
     p.add_argument("--categories", default="all", help="comma list or 'all'")
     p.add_argument("--method", default="patchcore", help="a method, a comma list, or 'all' (see `raybench methods`)")
-    p.add_argument("--trials", type=int, default=None, help="trials per category (demo: 4, else 8)")
+    p.add_argument("--trials", type=_positive_int, default=None, help="trials per category (demo: 4, else 8)")
     p.add_argument("--search-space", default=None, help="YAML file (default search_spaces/<method>.yaml)")
     _add_common(p)
     p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
@@ -86,13 +100,18 @@ def cmd_sweep(args) -> int:
     unknown = [k for k in overrides if not any(k in f for f in fields.values())]
     if unknown:
         raise ValueError(f"--set {unknown}: not a parameter of {', '.join(methods)} (see `raybench methods`)")
-    rows = []
+    rows, failed, total = [], 0, 0
     for method in methods:  # one after the other; each sweep runs its categories concurrently
         own = {k: v for k, v in overrides.items() if k in fields[method]}  # e.g. epochs1 is rd's only
         rows = run_sweep(_spec(args, method, trials, gpus, own))
+        failed, total = failed + rows.failed, total + rows.total
     print("\nLeaderboard (best FINISHED run per category x method):")
     print(format_leaderboard(rows))
-    return 0
+    if failed:
+        print(f"raybench: {failed} of {total} trial(s) FAILED (each run's `error` tag in MLflow says why)",
+              file=sys.stderr)
+        return EXIT_TRIALS_FAILED
+    return EXIT_OK
 
 
 def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
@@ -131,7 +150,11 @@ def cmd_predict(args) -> int:
     from raybench import best_model
     from raybench.data.io import read_image
     from raybench.errors import DatasetError
-    det = best_model(args.category, dataset=args.dataset, method=args.method, tracking_uri=args.tracking_uri)
+    try:
+        det = best_model(args.category, dataset=args.dataset, method=args.method, tracking_uri=args.tracking_uri)
+    except LookupError as err:
+        print(f"raybench: error: {err}", file=sys.stderr)
+        return EXIT_NO_MODEL
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +185,7 @@ def cmd_predict(args) -> int:
             scored += 1
     if unreadable:
         print(f"{unreadable} file(s) could not be read (listed above); {scored} scored", file=sys.stderr)
-    return 1 if unreadable else 0
+    return EXIT_UNREADABLE if unreadable else EXIT_OK
 
 
 def cmd_methods(args) -> int:
@@ -179,16 +202,22 @@ def cmd_methods(args) -> int:
 
 
 def main(argv=None) -> int:
-    from raybench.errors import RaybenchError
+    from raybench.errors import RaybenchError, SweepInterrupted
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.command == "sweep" and not args.address else None
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
                "methods": cmd_methods}[args.command]
     try:
         return handler(args)
+    except SweepInterrupted as err:
+        print(f"raybench: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the trials
+        hint = " (`--resume` with the same arguments finishes the sweep)" if args.command == "sweep" else ""
+        print(f"raybench: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (RaybenchError, ValueError, KeyError) as err:
         print(f"raybench: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -10,6 +10,43 @@ from typing import Any
 from raybench.errors import ConfigError
 
 
+def ranged(default=dataclasses.MISSING, low=None, high=None, *, low_open: bool = False,
+           high_open: bool = False, factory=dataclasses.MISSING):
+    """A config field with the values it accepts, declared once beside its default: numbers in
+    [low, high] (`low_open`/`high_open` exclude an end; None leaves it unbounded); for a list
+    field every element. `from_dict` and the search-space loader check it."""
+    return dataclasses.field(default=default, default_factory=factory,
+                             metadata={"range": (low, high, low_open, high_open)})
+
+
+def field_ranges(config_cls) -> dict[str, tuple]:
+    return {f.name: f.metadata["range"] for f in dataclasses.fields(config_cls) if "range" in f.metadata}
+
+
+def describe_range(bounds: tuple) -> str:
+    low, high, low_open, high_open = bounds
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def check_range(name: str, value, bounds: tuple | None):
+    """ConfigError naming the field unless `value` (or each element of a list) lies in bounds."""
+    if bounds is None or value is None:
+        return value
+    low, high, low_open, high_open = bounds
+    for v in (value if isinstance(value, (list, tuple)) else [value]):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        too_low = low is not None and (v <= low if low_open else v < low)
+        too_high = high is not None and (v >= high if high_open else v > high)
+        if too_low or too_high or v != v:  # v != v: NaN
+            raise ConfigError(f"{name}: {value!r} is out of range (must be {describe_range(bounds)})")
+    return value
+
+
 def field_types(config_cls) -> dict[str, Any]:
     hints = typing.get_type_hints(config_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
@@ -60,7 +97,10 @@ def from_dict(config_cls, values: dict, *, method: str = ""):
     if unknown:
         raise ConfigError(f"{method or config_cls.__name__}: unknown parameter(s) {unknown}; "
                           f"known: {sorted(types_)}")
-    return config_cls(**{k: coerce(k, v, types_[k]) for k, v in values.items()})
+    config = config_cls(**{k: coerce(k, v, types_[k]) for k, v in values.items()})
+    for name, bounds in field_ranges(config_cls).items():  # given values and defaults alike
+        check_range(name, getattr(config, name), bounds)
+    return config
 
 
 def to_dict(config) -> dict:

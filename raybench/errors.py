@@ -25,3 +25,7 @@ class WeightsError(RaybenchError):
 
 class TrackingError(RaybenchError):
     """The MLflow store cannot be reached or written."""
+
+
+class SweepInterrupted(RaybenchError):
+    """The sweep was stopped (Ctrl-C) before every trial ended; `--resume` finishes it."""

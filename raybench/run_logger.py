@@ -7,13 +7,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 
 from raybench import tracking
-from raybench.trial import DETECTOR_DIR
+from raybench.trial import DETECTOR_DIR, ERROR_REPORT
+
+INTERRUPTED = ("interrupted: the sweep stopped before this trial ended "
+               "(`raybench sweep ... --resume` reruns it)")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 LOGGED_METRICS = tracking.METRICS + tracking.THRESHOLDS + (
     "fit_seconds", "inference_seconds", "inference_images_per_second", "n_test_scored", "epoch", "workers")
@@ -26,7 +31,8 @@ class MLflowTrialLogger(Callback):
         self._runs: dict[str, str] = {}
         self._params_logged: set[str] = set()
         self._already_finished: set[str] = set()  # trials a resumed sweep finds FINISHED: left as they are
-        self.completed = 0
+        self.ended: set[str] = set()  # trials that finished or failed (kept across a resume)
+        self.failed: set[str] = set()
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state
         state = self.__dict__.copy()
@@ -44,15 +50,16 @@ class MLflowTrialLogger(Callback):
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         # a resumed sweep continues the run it started before (never a second run per trial)
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.sweep_id = '{self.tags['sweep_id']}' and tags.trial_id = '{trial.trial_id}'", max_results=1)
+        found = tracking.search_runs(self.client, [self.experiment_id],
+                                     {"sweep_id": self.tags["sweep_id"], "trial_id": trial.trial_id}, max_results=1)
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status == "FINISHED":
                 self._already_finished.add(trial.trial_id)
-            elif found[0].info.status != "RUNNING":
+            elif found[0].info.status != "RUNNING":  # reopened by a resumed sweep: its old error no longer holds
                 self.client.update_run(run_id, status="RUNNING")
+                if "error" in found[0].data.tags:
+                    self.client.delete_tag(run_id, "error")
         else:
             category = trial.config.get("category", "?")
             tags = {**self.tags, "category": category, "trial_id": trial.trial_id,
@@ -93,14 +100,23 @@ class MLflowTrialLogger(Callback):
         self._log_params(run_id, result)
         self._log_metrics(run_id, result)
 
+    def _progress(self, trials, trial) -> str:
+        """[ended/total] from Tune's own trial states, so a resumed sweep neither skips nor repeats numbers."""
+        self.ended.add(trial.trial_id)
+        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id}
+        return f"[{len(ended)}/{self.total}]"
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
         result = trial.last_result or {}
-        self.completed += 1
+        progress = self._progress(trials, trial)
         if trial.trial_id in self._already_finished:
-            print(f"[{self.completed}/{self.total}] {trial.config.get('category')}: finished before the resume",
-                  flush=True)
+            print(f"{progress} {trial.config.get('category')}: finished before the resume", flush=True)
             return
+        if ERROR_REPORT in result:
+            self._fail(run_id, trial, str(result[ERROR_REPORT]), progress)
+            return
+        self.failed.discard(trial.trial_id)  # an earlier attempt's failure, before a resume
         checkpoint = trial.checkpoint
         if checkpoint is not None and result.get("final"):
             with checkpoint.as_directory() as folder:
@@ -110,24 +126,28 @@ class MLflowTrialLogger(Callback):
             self.client.set_tag(run_id, "checkpoint", "no")
             self.client.set_tag(run_id, "stopped_early", "yes")
         self.client.set_terminated(run_id, "FINISHED")
-        print(f"[{self.completed}/{self.total}] {trial.config.get('category')} {self.tags['method']}: "
+        print(f"{progress} {trial.config.get('category')} {self.tags['method']}: "
               f"image AUROC {result.get('image_auroc', float('nan')):.4f}, "
               f"pixel AUROC {result.get('pixel_auroc', float('nan')):.4f}, "
               f"fit {result.get('fit_seconds', float('nan')):.1f} s", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
-        message = _trial_error_text(trial)
-        self.client.set_tag(run_id, "error", message[:5000])
+        self._fail(run_id, trial, _trial_error_text(trial), self._progress(trials, trial))
+
+    def _fail(self, run_id: str, trial, message: str, progress: str) -> None:
+        message = _ANSI.sub("", message)  # Ray colours its tracebacks; the tag is read as plain text
+        self.client.set_tag(run_id, "error", message[-5000:])  # the end holds the exception itself
         self.client.set_terminated(run_id, "FAILED")
-        self.completed += 1
-        print(f"[{self.completed}/{self.total}] {trial.config.get('category')} FAILED: "
+        self.failed.add(trial.trial_id)
+        print(f"{progress} {trial.config.get('category')} FAILED: "
               f"{message.strip().splitlines()[-1] if message.strip() else '?'}", flush=True)
 
     def on_experiment_end(self, trials, **info):
-        for trial in trials:  # a trial that never finished must not stay RUNNING
+        for trial in trials:  # a trial that never finished (the sweep was interrupted) must not stay RUNNING
             run_id = self._runs.get(trial.trial_id)
             if run_id and self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_tag(run_id, "error", INTERRUPTED)
                 self.client.set_terminated(run_id, "FAILED")
 
 
@@ -142,7 +162,8 @@ def close_interrupted_runs(uri: str, experiment_id: str, sweep_id: str) -> int:
     """Runs left RUNNING by a killed driver: mark them FAILED unless the resumed sweep picks them
     up again (it reopens a trial's own run by its trial_id)."""
     c = tracking.client(uri)
-    runs = c.search_runs([experiment_id], f"tags.sweep_id = '{sweep_id}' and attributes.status = 'RUNNING'")
+    runs = tracking.search_runs(c, [experiment_id], {"sweep_id": sweep_id}, status="RUNNING")
     for run in runs:
+        c.set_tag(run.info.run_id, "error", INTERRUPTED)
         c.set_terminated(run.info.run_id, "FAILED")
     return len(runs)

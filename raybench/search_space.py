@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna.distributions as od
 import yaml
 
-from raybench.config import coerce, field_types
+from raybench.config import check_range, coerce, field_ranges, field_types
 from raybench.errors import ConfigError
 from raybench.methods.base import get_method
 
@@ -67,7 +67,7 @@ def decode_params(params: dict) -> dict:
     return out
 
 
-def _distribution(name: str, spec, types: dict, where: str) -> od.BaseDistribution:
+def _distribution(name: str, spec, types: dict, where: str, bounds: tuple | None = None) -> od.BaseDistribution:
     if not isinstance(spec, dict) or "type" not in spec:
         raise ConfigError(f"{where}: {name}: expected a mapping with 'type' (float | int | categorical)")
     kind = spec["type"]
@@ -82,7 +82,7 @@ def _distribution(name: str, spec, types: dict, where: str) -> od.BaseDistributi
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: {name}: categorical needs a non-empty 'choices' list")
         for c in choices:
-            coerce(f"{where}: {name}", c, tp)
+            check_range(f"{where}: {name}", coerce(f"{where}: {name}", c, tp), bounds)
         return od.CategoricalDistribution([_encode(c) for c in choices])
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"{where}: {name}: {kind} needs 'low' and 'high'")
@@ -93,6 +93,8 @@ def _distribution(name: str, spec, types: dict, where: str) -> od.BaseDistributi
         raise ConfigError(f"{where}: {name}: field is not a float (use type: int or categorical)")
     if low > high:
         raise ConfigError(f"{where}: {name}: low > high")
+    check_range(f"{where}: {name}.low", low, bounds)  # every value in between is then in range too
+    check_range(f"{where}: {name}.high", high, bounds)
     try:
         if kind == "int":
             return od.IntDistribution(low, high, log=bool(spec.get("log", False)), step=int(spec.get("step", 1)))
@@ -125,6 +127,8 @@ def load_search_space(method: str, path: str | Path | None = None) -> SearchSpac
     both = set(params) & set(fixed)
     if both:
         raise ConfigError(f"{path}: {sorted(both)} both sampled and fixed")
-    dists = {n: _distribution(n, s, types, str(path)) for n, s in params.items()}
-    fixed = {n: coerce(f"{path}: {n}", v, types[n]) for n, v in fixed.items()}
+    ranges = field_ranges(spec.config_cls)
+    dists = {n: _distribution(n, s, types, str(path), ranges.get(n)) for n, s in params.items()}
+    fixed = {n: check_range(f"{path}: {n}", coerce(f"{path}: {n}", v, types[n]), ranges.get(n))
+             for n, v in fixed.items()}
     return SearchSpace(method, dists, fixed, str(path))

@@ -9,24 +9,28 @@ trial into exactly one MLflow run that ends FINISHED or FAILED.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ray import tune
 
 from raybench import tracking
-from raybench.category_search import METRIC, MODE, PerCategorySearch
+from raybench.category_search import ERROR_REPORT, METRIC, MODE, PerCategorySearch
 from raybench.config import field_types, from_dict
 from raybench.data import load_dataset, validate_category
+from raybench.errors import ConfigError, SweepInterrupted
+from raybench.local_ray import start_local_ray
 from raybench.methods.base import BUDGETS, get_method
 from raybench.run_logger import MLflowTrialLogger, close_interrupted_runs
 from raybench.search_space import SearchSpace, load_search_space
 from raybench.trial import TrialContext, build_config, quiet_ray_logs, run_trial
 
-__all__ = ["SweepSpec", "run_sweep", "build_config", "DATASET_PRESETS"]
+__all__ = ["SweepSpec", "SweepOutcome", "run_sweep", "build_config", "DATASET_PRESETS"]
 
 DATASET_PRESETS = {"demo": {"weights": "random", "overrides": {"image_size": 128}, "trials": 4}}
 
@@ -55,6 +59,31 @@ class SweepSpec:
     asha: bool = False
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a trial whose node or worker died
+
+
+class SweepOutcome(list):
+    """The dataset's leaderboard rows (a list, as before), plus what became of this sweep's trials."""
+
+    def __init__(self, rows, sweep_id: str, total: int, failed: int):
+        super().__init__(rows)
+        self.sweep_id, self.total, self.failed = sweep_id, total, failed
+
+
+class _DropTuneRestoreHint(logging.Filter):
+    """Tune's own interrupt message points to `Tuner.restore(...)`; raybench's is `--resume`."""
+
+    def filter(self, record) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+@contextmanager
+def own_resume_hint():
+    tune_logger, hint_filter = logging.getLogger("ray.tune.tune"), _DropTuneRestoreHint()
+    tune_logger.addFilter(hint_filter)
+    try:
+        yield
+    finally:
+        tune_logger.removeFilter(hint_filter)
 
 
 def resolve_base_config(spec: SweepSpec, space: SearchSpace) -> dict:
@@ -170,8 +199,11 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     write_latest_sweep_id(root, spec, sweep_id)
 
     if not ray.is_initialized():
-        ray.init(address=spec.address, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+        init = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+        if spec.address:
+            ray.init(address=spec.address, **init)
+        else:  # private to this machine: loopback, token auth, never a stranger's cluster
+            start_local_ray(log, **init)
     names = [c.name for c in categories]
     total = spec.trials * len(names)
     gpus = spec.gpus_per_trial
@@ -215,5 +247,18 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         )
     random.seed(spec.seed)
     quiet_ray_logs()
-    tuner.fit()
-    return tracking.leaderboard(uri, experiment=exp_name)
+    with own_resume_hint():
+        results = tuner.fit()
+    # Tune ends the trials it cut off as TERMINATED, so what ended is what the logger saw end
+    # (its state survives a resume) or what reported a final result before the resume
+    ended = {r.metrics.get("trial_id") for r in results
+             if r.error is not None or "final" in (r.metrics or {}) or ERROR_REPORT in (r.metrics or {})}
+    ended = (ended | logger.ended) - {None}
+    if len(ended) < total:  # Tune stopped early: Ctrl-C (SIGINT) or SIGUSR1
+        raise SweepInterrupted(
+            f"sweep {sweep_id} interrupted: {len(ended)} of {total} trial(s) ended; finish it with the same "
+            f"command plus `--resume --sweep-id {sweep_id}`")
+    failed = {r.metrics.get("trial_id") for r in results
+              if r.error is not None or ERROR_REPORT in (r.metrics or {})} | logger.failed
+    return SweepOutcome(tracking.leaderboard(uri, experiment=exp_name), sweep_id=sweep_id, total=total,
+                        failed=len(failed - {None}))

@@ -92,6 +92,39 @@ def _raybench_experiments(c, dataset: str | None):
     return [e for e in c.search_experiments() if e.name.startswith(EXPERIMENT_PREFIX)]
 
 
+def _quoted(value: str) -> str | None:
+    """A value as an MLflow filter literal: MLflow has no escape inside quotes, so a value with a
+    single quote goes in double quotes and vice versa; one with both cannot be written (None)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def search_runs(c, experiment_ids: list[str], tags: dict, status: str | None = None,
+                max_results: int | None = None) -> list:
+    """Runs whose tags equal `tags` (any characters in the values: what a filter literal cannot
+    hold is compared here instead), optionally with one status; every page."""
+    clauses = [f"attributes.status = '{status}'"] if status else []
+    by_hand = {}
+    for key, value in tags.items():
+        literal = _quoted(value)
+        if literal is None:
+            by_hand[key] = str(value)
+        else:
+            clauses.append(f"tags.{key} = {literal}")
+    runs, token = [], None
+    while True:
+        page = c.search_runs(experiment_ids, " and ".join(clauses), max_results=1000, page_token=token)
+        runs += [r for r in page if all(r.data.tags.get(k) == v for k, v in by_hand.items())]
+        token = page.token
+        if not token or (max_results and len(runs) >= max_results):
+            break
+    return runs[:max_results] if max_results else runs
+
+
 def finished_runs(uri: str | None = None, dataset: str | None = None, category: str | None = None,
                   method: str | None = None, experiment: str | None = None) -> list:
     """FINISHED runs, best first: image AUROC, then pixel AUROC breaks ties."""
@@ -103,18 +136,8 @@ def finished_runs(uri: str | None = None, dataset: str | None = None, category: 
         exps = _raybench_experiments(c, dataset)
     if not exps:
         return []
-    filters = ["attributes.status = 'FINISHED'"]
-    for key, value in (("category", category), ("method", method)):
-        if value:
-            filters.append(f"tags.{key} = '{value}'")
-    runs, token = [], None
-    while True:
-        page = c.search_runs([e.experiment_id for e in exps], " and ".join(filters),
-                             max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
+    tags = {k: v for k, v in (("category", category), ("method", method)) if v}
+    runs = search_runs(c, [e.experiment_id for e in exps], tags, status="FINISHED")
 
     def score(run, name: str) -> float:  # a missing or NaN metric ranks last
         value = run.data.metrics.get(name, -math.inf)

@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 from ray import tune
 
+from raybench.category_search import ERROR_REPORT, METRIC as METRIC_NAME
 from raybench.config import from_dict, to_dict
 from raybench.data import load_dataset
 from raybench.detector import Detector
+from raybench.errors import RaybenchError
 from raybench.evaluation import evaluate_scorer, load_test_set
 from raybench.methods.base import get_method
 from raybench.models.common import pick_device
@@ -82,6 +84,10 @@ def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
 
 
 RESULT_FILE, DETECTOR_DIR = "result.json", "detector"
+# A deterministic error (a bad value, an unusable file) would fail the same way on every retry, so
+# the trial reports it as its last result (run FAILED, error tag) instead of raising: Ray's
+# retries (FailureConfig) are left for what a retry can fix, a node or worker that died.
+DETERMINISTIC_ERRORS = (RaybenchError, ValueError, TypeError)
 
 
 def _report_with_checkpoint(metrics: dict, detector: Detector, config) -> None:
@@ -117,6 +123,14 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     if done is not None:  # restored after its final checkpoint was saved: nothing to redo
         tune.report(done)
         return
+    try:
+        _fit_trial(params, ctx)
+    except DETERMINISTIC_ERRORS:
+        import traceback
+        tune.report({METRIC_NAME: float("nan"), ERROR_REPORT: traceback.format_exc()})
+
+
+def _fit_trial(params: dict, ctx: TrialContext) -> None:
     params = dict(params)
     category_name = params.pop("category")
     config = build_config(ctx.method, ctx.base, decode_params(params), ctx.overrides)

@@ -28,6 +28,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from raybench.config import ranged
 from raybench.data.layout import Category
 from raybench.data.tensors import load_images
 from raybench.methods.base import FitResult, MethodSpec, Parallel, register
@@ -48,44 +49,44 @@ NORMAL, PATCH, SCAR = 0, 1, 2
 class SelfSupervisedConfig(PatchCoreConfig):
     """PatchCore's fields (scoring stage) + the 3-way training recipe shared by CutPaste and CutSwap."""
 
-    epochs: int = 256
-    batch_images: int = 32  # images per step over all ranks; each gives 3 samples (x maps_per_image)
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 3e-5
-    head_dims: list[int] = field(default_factory=lambda: [512, 128])
-    jitter: float = 0.1  # weak (photometric) augmentation of every sample
-    patch_aspect_max: float = 3.3
-    scar_width_min: int = 2  # px at 256 px, scaled to image_size
-    scar_width_max: int = 16
-    scar_length_min: int = 10
-    scar_length_max: int = 25
-    scar_angle: float = 45.0  # degrees, both ways
+    epochs: int = ranged(256, 0)
+    batch_images: int = ranged(32, 1)  # images per step over all ranks; each gives 3 samples (x maps_per_image)
+    lr: float = ranged(0.03, 0, low_open=True)
+    momentum: float = ranged(0.9, 0, 1, high_open=True)
+    weight_decay: float = ranged(3e-5, 0)
+    head_dims: list[int] = ranged(factory=lambda: [512, 128], low=1)
+    jitter: float = ranged(0.1, 0, 1)  # weak (photometric) augmentation of every sample
+    patch_aspect_max: float = ranged(3.3, 1)
+    scar_width_min: int = ranged(2, 1)  # px at 256 px, scaled to image_size
+    scar_width_max: int = ranged(16, 1)
+    scar_length_min: int = ranged(10, 1)
+    scar_length_max: int = ranged(25, 1)
+    scar_angle: float = ranged(45.0, 0, 180)  # degrees, both ways
     amp: bool = True  # bf16 autocast + channels_last on CUDA (ignored on CPU)
     deterministic: bool = True  # deterministic cuDNN kernels during fit
 
 
 @dataclass
 class CutPasteConfig(SelfSupervisedConfig):
-    patch_area_min: float = 0.02
-    patch_area_max: float = 0.15
-    patch_jitter: float = 0.1
+    patch_area_min: float = ranged(0.02, 0, 1, low_open=True, high_open=True)
+    patch_area_max: float = ranged(0.15, 0, 1, low_open=True, high_open=True)
+    patch_jitter: float = ranged(0.1, 0, 1)
 
 
 @dataclass
 class CutSwapConfig(SelfSupervisedConfig):
     saliency_net: str = "vgg16"
     saliency_weights: Optional[str] = None  # None: the same as `weights`
-    layer_set: list[int] = field(default_factory=lambda: [4, 9, 16, 23, 30])  # L = len(layer_set)
-    maps_per_image: int = 1
-    k: int = 4
-    kmeans_iters: int = 30
+    layer_set: list[int] = ranged(factory=lambda: [4, 9, 16, 23, 30], low=0)  # L = len(layer_set)
+    maps_per_image: int = ranged(1, 1)
+    k: int = ranged(4, 1)
+    kmeans_iters: int = ranged(30, 1)
     cluster_select: Literal["max", "random"] = "max"
     anchor_strategy: Literal["kmeans", "sorting"] = "kmeans"
-    top_pixels: int = 300  # 'sorting' ablation: the paper's top 300 pixels at 256 px
-    patch_area_min: float = 0.02
-    patch_area_max: float = 0.11  # <= 1/9: two equal patches must fit side by side
-    saliency_batch_size: int = 16
+    top_pixels: int = ranged(300, 1)  # 'sorting' ablation: the paper's top 300 pixels at 256 px
+    patch_area_min: float = ranged(0.02, 0, 1, low_open=True, high_open=True)
+    patch_area_max: float = ranged(0.11, 0, 1, low_open=True, high_open=True)  # <= 1/9: two equal patches must fit side by side
+    saliency_batch_size: int = ranged(16, 1)
 
 
 BUDGETS = {

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from raybench.config import ranged
 from raybench.data.layout import Category
 from raybench.data.tensors import iterate_batches, load_images
 from raybench.methods.base import FitResult, MethodSpec, register
@@ -15,16 +16,16 @@ from raybench.models.patchcore import PatchCore
 
 @dataclass
 class PatchCoreConfig:
-    seed: int = 0
-    image_size: int = 256
+    seed: int = ranged(0, 0)
+    image_size: int = ranged(256, 16)
     weights: str = "imagenet"  # imagenet | random | path to a weights file
     backbone: str = "resnet18"
     layers: list[str] = field(default_factory=lambda: ["layer2", "layer3"])
-    coreset_ratio: float = 0.01  # CutSwap paper: 0.001 and 0.01
-    projection_dim: int = 128  # random projection for the coreset's distances
-    patch_size: int = 3  # locally aware neighbourhood
-    sigma: float = 4.0  # Gaussian smoothing of the maps
-    batch_size: int = 32
+    coreset_ratio: float = ranged(0.01, 0, 1, low_open=True)  # CutSwap paper: 0.001 and 0.01
+    projection_dim: int = ranged(128, 1)  # random projection for the coreset's distances
+    patch_size: int = ranged(3, 1)  # locally aware neighbourhood
+    sigma: float = ranged(4.0, 0)  # Gaussian smoothing of the maps
+    batch_size: int = ranged(32, 1)
 
 
 def build(config: PatchCoreConfig) -> PatchCore:

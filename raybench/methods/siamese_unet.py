@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raybench.config import ranged
 from raybench.data.layout import Category, Sample
 from raybench.data.tensors import load_images
 from raybench.errors import ConfigError
@@ -39,36 +40,36 @@ from raybench.synthesis.blend import synthesize
 
 @dataclass
 class SiameseUNetConfig:
-    seed: int = 0
-    image_size: int = 256
+    seed: int = ranged(0, 0)
+    image_size: int = ranged(256, 32)
     weights: str = "imagenet"  # imagenet | random | path to a weights file
     backbone: str = "wide_resnet50_2"
     layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
-    batch_size: int = 16
-    bottleneck_blocks: int = 3  # ResNet blocks in the one-class embedding (RD: 3)
-    decoder_blocks: int = 2  # residual blocks per decoder stage (the first one upsamples)
+    batch_size: int = ranged(16, 1)
+    bottleneck_blocks: int = ranged(3, 1)  # ResNet blocks in the one-class embedding (RD: 3)
+    decoder_blocks: int = ranged(2, 1)  # residual blocks per decoder stage (the first one upsamples)
     block: Literal["auto", "basic", "bottleneck"] = "auto"  # auto: the teacher's own block type, as RD
     cpam: bool = True
-    pam_max_positions: int = 1024  # PAM keys/values pooled above this many positions (see cpam.py)
+    pam_max_positions: int = ranged(1024, 1)  # PAM keys/values pooled above this many positions (see cpam.py)
     stage1: bool = True  # contrastive term in stage 1 (off: stage 1 is plain L_cos)
     stage2: bool = True  # deviation finetuning
-    margin: float = 0.1  # eq. 6; not stated in the extracted text
+    margin: float = ranged(0.1, 0)  # eq. 6; not stated in the extracted text
     contrastive_reduction: Literal["pooled", "flatten"] = "pooled"  # see losses._layer_cosine
     cosine_reduction: Literal["flatten", "position"] = "flatten"  # eq. 1 as RD's code; see losses.cosine_distance_loss
-    lambda_con: float = 1.0  # eq. 7; not stated
-    lambda_cos: float = 1.0
-    p: float = 1.0  # eq. 8 target for anomalies: bi-polar 0 / 1 like the labels; not stated
+    lambda_con: float = ranged(1.0, 0)  # eq. 7; not stated
+    lambda_cos: float = ranged(1.0, 0)
+    p: float = ranged(1.0, 0)  # eq. 8 target for anomalies: bi-polar 0 / 1 like the labels; not stated
     deviation_scalar: Literal["max", "mean"] = "max"  # how a layer becomes S_i; see losses.layer_scalars
-    lr1: float = 0.005  # RD: Adam lr 0.005, betas (0.5, 0.999)
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    epochs1: int = 200
-    lr2: float = 0.0005  # finetuning: a tenth of stage 1; not stated
-    epochs2: int = 20  # not stated
+    lr1: float = ranged(0.005, 0, low_open=True)  # RD: Adam lr 0.005, betas (0.5, 0.999)
+    betas: list[float] = ranged(factory=lambda: [0.5, 0.999], low=0, high=1, high_open=True)
+    epochs1: int = ranged(200, 0)
+    lr2: float = ranged(0.0005, 0, low_open=True)  # finetuning: a tenth of stage 1; not stated
+    epochs2: int = ranged(20, 0)  # not stated
     anomaly_source: Literal["real", "synthetic"] = "real"
-    n_anomalies: int = 10  # 10-shot as in the paper
-    rotation_degrees: float = 180.0  # N_aug = N rotated by U(-d, d) degrees
-    sigma: float = 4.0
-    max_steps_per_epoch: Optional[int] = None  # smoke runs / benchmarks only
+    n_anomalies: int = ranged(10, 1)  # 10-shot as in the paper
+    rotation_degrees: float = ranged(180.0, 0, 180)  # N_aug = N rotated by U(-d, d) degrees
+    sigma: float = ranged(4.0, 0)
+    max_steps_per_epoch: Optional[int] = ranged(None, 1)  # smoke runs / benchmarks only
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     deterministic: bool = True  # on CUDA: deterministic cuDNN kernels, no autotuning (same seed => same run)
