@@ -26,6 +26,17 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def parse_kinds(items: list[str] | None) -> dict:
+    from raybench.errors import ConfigError
+    out = {}
+    for item in items or []:
+        name, sep, kind = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--kind expects CATEGORY=object|texture, got {item!r}")
+        out[name.strip()] = kind.strip()
+    return out
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -56,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions pack several trials on one GPU (default: 1 if the Ray cluster has GPUs, else 0)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers per trial")
+    p.add_argument("--workers", type=_positive_int, default=1, help="Ray Train DDP workers per trial")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None, help="imagenet | random | PATH (demo: random)")
     p.add_argument("--budget", default="default", choices=("smoke", "default", "paper"))
@@ -66,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-id", default=None)
     p.add_argument("--resume", action="store_true", help="finish the latest (or --sweep-id) sweep")
     p.add_argument("--asha", action="store_true", help="ASHA early stopping (trained methods; epochs as resource)")
-    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--max-concurrent", type=_positive_int, default=None)
+    p.add_argument("--kind", dest="kinds", action="append", metavar="CATEGORY=object|texture",
+                   help="what a category is (default: MVTec AD's texture names are textures, the rest objects); "
+                        "synthesis keeps to an object's foreground (repeatable)")
 
     p = sub.add_parser("leaderboard", help="best image/pixel AUROC per category x method")
     p.add_argument("dataset", nargs="?", default=None)
@@ -122,7 +136,8 @@ def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
         experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=gpus, workers=args.workers, seed=args.seed, weights=args.weights,
         budget=args.budget, overrides=overrides, storage=args.storage,
-        sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent)
+        sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent,
+        kinds=parse_kinds(args.kinds))
 
 
 def cmd_leaderboard(args) -> int:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from raybench.config import from_dict, to_dict
 from raybench.data.io import image_to_array, read_image, resize_array
+from raybench.data.tensors import stack_images
 from raybench.methods.base import get_method
 from raybench.models.common import pick_device
 
@@ -48,13 +49,14 @@ def _as_items(images) -> list:
 
 
 def _as_batch(items: list, size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Single images -> (N,3,S,S) in [0,1], and each input's own (H, W)."""
+    """Single images -> (N,3,S,S) in [0,1] at the evaluation's input precision (stack_images),
+    and each input's own (H, W)."""
     out, sizes = [], []
     for img in items:
         arr = read_image(img) if isinstance(img, (str, Path)) else _to_hwc(img)
         sizes.append(arr.shape[:2])
-        out.append(torch.from_numpy(np.ascontiguousarray(resize_array(arr, size).transpose(2, 0, 1))))
-    return torch.stack(out).float(), sizes
+        out.append(np.ascontiguousarray(resize_array(arr, size).transpose(2, 0, 1)))
+    return stack_images(out).float(), sizes
 
 
 class Detector:

@@ -25,14 +25,21 @@ def pixel_auroc(masks, maps) -> float:
 
 
 def f1_max_threshold(labels, scores) -> tuple[float, float]:
-    """(best F1 over all thresholds, the threshold reaching it): `score >= threshold` is anomalous."""
+    """(best F1 over all thresholds, a cut reaching it): `score >= cut` is anomalous. The cut lies
+    midway between the lowest score called anomalous and the next lower score, not on the former:
+    a cut on a score flips that verdict on the smallest numerical difference (another thread
+    layout, another device), and then `predict` contradicts the F1 the run logged."""
     labels = np.asarray(labels).ravel()
     if labels.min() == labels.max():
         return float("nan"), float("nan")
-    precision, recall, thresholds = precision_recall_curve(labels, np.asarray(scores, dtype=np.float32).ravel())
+    scores = np.asarray(scores, dtype=np.float32).ravel()
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1[:-1]))  # the curve's last point (recall 0) has no threshold
-    return float(f1[best]), float(thresholds[best])
+    lowest_flagged = float(thresholds[best])
+    below = scores[scores < thresholds[best]]
+    cut = (lowest_flagged + float(below.max())) / 2 if below.size else lowest_flagged - abs(lowest_flagged) * 1e-6 - 1e-12
+    return float(f1[best]), cut
 
 
 def threshold_for_false_alarm_rate(values, rate: float) -> float:

@@ -59,6 +59,7 @@ class SweepSpec:
     asha: bool = False
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a trial whose node or worker died
+    kinds: dict = field(default_factory=dict)  # category -> "object" | "texture" (--kind)
 
 
 class SweepOutcome(list):
@@ -84,6 +85,18 @@ def own_resume_hint():
         yield
     finally:
         tune_logger.removeFilter(hint_filter)
+
+
+def check_spec(spec: SweepSpec) -> None:
+    """The sweep's own numbers (the method's config is checked by config.from_dict)."""
+    for name, value, least in (("trials", spec.trials, 1), ("workers", spec.workers, 1),
+                               ("max_concurrent", spec.max_concurrent, 1), ("max_failures", spec.max_failures, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ConfigError(f"{name}: must be an integer >= {least}, got {value!r}")
+    if not spec.cpus_per_trial > 0:
+        raise ConfigError(f"cpus_per_trial: must be > 0, got {spec.cpus_per_trial!r}")
+    if spec.gpus_per_trial is not None and not spec.gpus_per_trial >= 0:
+        raise ConfigError(f"gpus_per_trial: must be >= 0, got {spec.gpus_per_trial!r}")
 
 
 def resolve_base_config(spec: SweepSpec, space: SearchSpace) -> dict:
@@ -163,6 +176,7 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    check_spec(spec)
     method = get_method(spec.method)
     space = load_search_space(spec.method, spec.search_space)
     overrides = {}
@@ -173,7 +187,10 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     base = resolve_base_config(spec, space)
     first_config = from_dict(method.config_cls, {**base, **overrides}, method=spec.method)  # fails early
 
-    categories = load_dataset(spec.dataset, spec.data_root, spec.categories)
+    categories = load_dataset(spec.dataset, spec.data_root, spec.categories, spec.kinds)
+    stray = sorted(set(spec.kinds) - {c.name for c in categories})
+    if stray:
+        raise ConfigError(f"--kind names {stray}, not among this sweep's categories {[c.name for c in categories]}")
     for cat in categories:  # every file opened once: a bad one stops us here, named
         validate_category(cat)
         log(f"data: {cat.summary()}")
@@ -210,7 +227,7 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     ctx = TrialContext(spec.dataset, spec.data_root, spec.method, base, overrides, spec.workers,
-                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained)
+                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained, kinds=dict(spec.kinds))
     if spec.workers > 1:
         resources = {"cpu": 0.1}  # the trial only drives a TorchTrainer; its workers hold the devices
     else:

@@ -43,6 +43,23 @@ def _local_artifact_root(uri: str) -> str | None:
     return None
 
 
+def _check_sqlite_file(uri: str, db: Path) -> None:
+    """Create (or open) the database file now: a folder can pass os.access and still refuse the
+    file (a pseudo-filesystem, a read-only mount as root), and MLflow would retry for minutes."""
+    import sqlite3
+    try:
+        with open(db, "ab"):
+            pass
+        conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=10)
+        try:
+            conn.execute("pragma schema_version").fetchone()  # fails unless it is a sqlite file
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as err:
+        raise TrackingError(f"MLflow store {uri}: {db} cannot be created or opened as a sqlite file "
+                            f"({type(err).__name__}: {err}); pass --tracking-uri sqlite:///WRITABLE/PATH/mlflow.db") from None
+
+
 def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
     """Refuse to start a sweep whose results could not be recorded."""
     uri = tracking_uri(uri)
@@ -51,6 +68,7 @@ def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
         if not os.access(db.parent, os.W_OK):
             raise TrackingError(f"MLflow store {uri}: folder {db.parent} is not writable "
                                 f"(pass --tracking-uri sqlite:///WRITABLE/PATH/mlflow.db)")
+        _check_sqlite_file(uri, db)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     try:

@@ -7,7 +7,7 @@ import math
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ class TrialContext:
     cpus_per_trial: float
     gpus_per_trial: float
     report_epochs: bool
+    kinds: dict = field(default_factory=dict)  # category -> object | texture, set by the user
 
 
 def build_config(method: str, base: dict, sampled: dict, overrides: dict):
@@ -137,7 +138,7 @@ def _fit_trial(params: dict, ctx: TrialContext) -> None:
     if ctx.workers > 1:  # each Ray Train worker loads the category itself
         metrics, detector = _fit_distributed(ctx, config, category_name)
     else:
-        (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name])
+        (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name], ctx.kinds)
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
         device = pick_device()
         reporter = EpochReporter(category, device) if ctx.report_epochs else None
@@ -152,7 +153,7 @@ def _train_worker(loop_config: dict) -> None:
     Every rank trains; rank 0 alone evaluates and saves the Detector."""
     import ray.train
     ctx, config, category_name = loop_config["ctx"], loop_config["config"], loop_config["category"]
-    (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name])
+    (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name], ctx.kinds)
     device = ray.train.torch.get_device()
     rank0 = ray.train.get_context().get_world_rank() == 0
     metrics, detector = fit_and_evaluate(ctx, config, category, device, evaluate=rank0)

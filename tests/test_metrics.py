@@ -32,9 +32,13 @@ def test_f1_max_hand_computed():
     # threshold 0.9 -> tp=1, fp=0, fn=1 -> F1=2/3; best is 0.8
     assert f1_max([1, 0, 1, 0], [0.9, 0.8, 0.4, 0.1]) == pytest.approx(0.8)
     f1, threshold = f1_max_threshold([1, 0, 1, 0], [0.9, 0.8, 0.4, 0.1])
-    assert (f1, threshold) == (pytest.approx(0.8), pytest.approx(0.4))  # the best cut: score >= 0.4
-    # perfect separation: the lowest anomalous score; a single class has no threshold
-    assert f1_max_threshold([0, 1], [0.2, 0.7])[1] == pytest.approx(0.7)
+    # the best cut flags score >= 0.4; it lies midway to the next lower score, (0.4 + 0.1) / 2
+    assert (f1, threshold) == (pytest.approx(0.8), pytest.approx(0.25))
+    # perfect separation: midway between the highest normal and the lowest anomalous score
+    assert f1_max_threshold([0, 1], [0.2, 0.7])[1] == pytest.approx(0.45)
+    # nothing below the lowest flagged score: the cut sits just under it, still flagging it
+    f1, cut = f1_max_threshold([1, 1, 0], [0.5, 0.5, 0.5])
+    assert cut < 0.5 and cut == pytest.approx(0.5, rel=1e-5)
     assert np.isnan(f1_max_threshold([0, 0], [0.2, 0.7])[1])
 
 

@@ -81,6 +81,6 @@ def load_mask(path: str | Path, size: int) -> np.ndarray:
     return (np.asarray(binary) > 127).astype(np.uint8)
 
 
-def check_image(path: str | Path) -> None:
-    """Cheap validity check (header + decode) used before a sweep starts."""
-    _open(Path(path))
+def check_image(path: str | Path) -> tuple[int, int]:
+    """Cheap validity check (header + decode) used before a sweep starts; returns (width, height)."""
+    return _open(Path(path)).size

@@ -98,12 +98,28 @@ def scan_mvtec_category(dataset: str, root: Path, name: str, *, image_subdir: st
     return Category(dataset, name, root, train, test, kind)
 
 
+KINDS = ("object", "texture")
+
+
+def set_kinds(categories: list[Category], kinds: dict[str, str] | None) -> list[Category]:
+    """Apply the user's category kinds (synthesis keeps to an object's foreground, not a texture's)."""
+    for name, kind in (kinds or {}).items():
+        if kind not in KINDS:
+            raise DatasetError(name, f"category kind {kind!r} is not one of {list(KINDS)}")
+    for category in categories:
+        category.kind = (kinds or {}).get(category.name, category.kind)
+    return categories
+
+
 def validate_category(category: Category) -> None:
     """Open every image and mask once; raise DatasetError naming the first bad file."""
     for sample in category.train + category.test:
-        check_image(sample.path)
+        size = check_image(sample.path)
         if sample.mask_path is not None:
-            check_image(sample.mask_path)
+            mask_size = check_image(sample.mask_path)
+            if mask_size != size:  # resizing both would stretch the mask over the wrong pixels
+                raise DatasetError(sample.mask_path, f"mask is {mask_size[0]}x{mask_size[1]} px but its image "
+                                                     f"{sample.path.name} is {size[0]}x{size[1]} px")
 
 
 def select_categories(available: list[str], wanted: str | list[str] | None, root: Path) -> list[str]:

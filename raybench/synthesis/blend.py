@@ -49,17 +49,23 @@ def _resize(patch: np.ndarray, height: int, width: int) -> np.ndarray:
 def _pick_top_left(region: np.ndarray, box_h: int, box_w: int, rng: np.random.Generator,
                    min_coverage: float = 0.9) -> tuple[int, int]:
     """Top-left corner of a box_h x box_w box inside the image whose centre is in `region` and
-    which lies (mostly, `min_coverage`) inside the region; relaxed step by step if none does."""
+    which lies (mostly, `min_coverage`) inside the region; relaxed step by step if none does.
+    Last resort (a region too thin or too close to the border for any centred box): a box that
+    covers a random region pixel, so a non-empty region always gets at least one pixel."""
     h, w = region.shape
     coverage = ndimage.uniform_filter(region.astype(np.float32), size=(box_h, box_w), mode="constant")
     fits = np.zeros_like(region)
     fits[box_h // 2:h - (box_h - box_h // 2) + 1, box_w // 2:w - (box_w - box_w // 2) + 1] = True
-    for candidates in (region & fits & (coverage >= min_coverage), region & fits, fits):
+    for candidates in (region & fits & (coverage >= min_coverage), region & fits):
         if candidates.any():
-            break
-    ys, xs = np.nonzero(candidates)
+            ys, xs = np.nonzero(candidates)
+            i = rng.integers(len(ys))
+            return int(ys[i]) - box_h // 2, int(xs[i]) - box_w // 2
+    ys, xs = np.nonzero(region if region.any() else np.ones_like(region))
     i = rng.integers(len(ys))
-    return int(ys[i]) - box_h // 2, int(xs[i]) - box_w // 2
+    top = int(np.clip(ys[i] - rng.integers(box_h), 0, h - box_h))
+    left = int(np.clip(xs[i] - rng.integers(box_w), 0, w - box_w))
+    return top, left
 
 
 def blend_patches(destination: np.ndarray, source: np.ndarray, rng: np.random.Generator, *,
@@ -91,8 +97,8 @@ def blend_patches(destination: np.ndarray, source: np.ndarray, rng: np.random.Ge
         window = out[:, top:top + th, left:left + tw]
         window[:] = (1 - alpha) * window + alpha * patch
         mask[top:top + th, left:left + tw] |= inside.astype(np.uint8)
-    if not mask.any():  # only if the destination region is tiny and every box missed it
-        raise RuntimeError("synthesis produced an empty mask")
+    if not mask.any():  # cannot happen: _pick_top_left always covers a region pixel
+        raise AssertionError("synthesis produced an empty mask")
     return np.clip(out, 0, 1), mask
 
 
