@@ -31,8 +31,6 @@ class MLflowTrialLogger(Callback):
         self._runs: dict[str, str] = {}
         self._params_logged: set[str] = set()
         self._already_finished: set[str] = set()  # trials a resumed sweep finds FINISHED: left as they are
-        self.ended: set[str] = set()  # trials that finished or failed (kept across a resume)
-        self.failed: set[str] = set()
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state
         state = self.__dict__.copy()
@@ -102,7 +100,6 @@ class MLflowTrialLogger(Callback):
 
     def _progress(self, trials, trial) -> str:
         """[ended/total] from Tune's own trial states, so a resumed sweep neither skips nor repeats numbers."""
-        self.ended.add(trial.trial_id)
         ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id}
         return f"[{len(ended)}/{self.total}]"
 
@@ -116,7 +113,6 @@ class MLflowTrialLogger(Callback):
         if ERROR_REPORT in result:
             self._fail(run_id, trial, str(result[ERROR_REPORT]), progress)
             return
-        self.failed.discard(trial.trial_id)  # an earlier attempt's failure, before a resume
         checkpoint = trial.checkpoint
         if checkpoint is not None and result.get("final"):
             with checkpoint.as_directory() as folder:
@@ -139,7 +135,6 @@ class MLflowTrialLogger(Callback):
         message = _ANSI.sub("", message)  # Ray colours its tracebacks; the tag is read as plain text
         self.client.set_tag(run_id, "error", message[-5000:])  # the end holds the exception itself
         self.client.set_terminated(run_id, "FAILED")
-        self.failed.add(trial.trial_id)
         print(f"{progress} {trial.config.get('category')} FAILED: "
               f"{message.strip().splitlines()[-1] if message.strip() else '?'}", flush=True)
 

@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, field
 from ray import tune
 
 from raybench import tracking
-from raybench.category_search import ERROR_REPORT, METRIC, MODE, PerCategorySearch
+from raybench.category_search import METRIC, MODE, PerCategorySearch
 from raybench.config import field_types, from_dict
 from raybench.data import load_dataset, validate_category
 from raybench.errors import ConfigError, SweepInterrupted
 from raybench.local_ray import start_local_ray
 from raybench.methods.base import BUDGETS, get_method
-from raybench.run_logger import MLflowTrialLogger, close_interrupted_runs
+from raybench.run_logger import INTERRUPTED, MLflowTrialLogger, close_interrupted_runs
 from raybench.search_space import SearchSpace, load_search_space
 from raybench.trial import TrialContext, build_config, quiet_ray_logs, run_trial
 
@@ -265,17 +265,23 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     random.seed(spec.seed)
     quiet_ray_logs()
     with own_resume_hint():
-        results = tuner.fit()
-    # Tune ends the trials it cut off as TERMINATED, so what ended is what the logger saw end
-    # (its state survives a resume) or what reported a final result before the resume
-    ended = {r.metrics.get("trial_id") for r in results
-             if r.error is not None or "final" in (r.metrics or {}) or ERROR_REPORT in (r.metrics or {})}
-    ended = (ended | logger.ended) - {None}
-    if len(ended) < total:  # Tune stopped early: Ctrl-C (SIGINT) or SIGUSR1
+        tuner.fit()
+    # MLflow holds each trial's fate, across resumes too: FINISHED, FAILED with its error, or
+    # FAILED as interrupted (Tune itself ends the trials it cut off as TERMINATED)
+    outcome = sweep_outcome(uri, experiment_id, sweep_id, spec.method)
+    ended = outcome["FINISHED"] + outcome["FAILED"]
+    if ended < total:  # Tune stopped early: Ctrl-C (SIGINT) or SIGUSR1
         raise SweepInterrupted(
-            f"sweep {sweep_id} interrupted: {len(ended)} of {total} trial(s) ended; finish it with the same "
+            f"sweep {sweep_id} interrupted: {ended} of {total} trial(s) ended; finish it with the same "
             f"command plus `--resume --sweep-id {sweep_id}`")
-    failed = {r.metrics.get("trial_id") for r in results
-              if r.error is not None or ERROR_REPORT in (r.metrics or {})} | logger.failed
     return SweepOutcome(tracking.leaderboard(uri, experiment=exp_name), sweep_id=sweep_id, total=total,
-                        failed=len(failed - {None}))
+                        failed=outcome["FAILED"])
+
+
+def sweep_outcome(uri: str, experiment_id: str, sweep_id: str, method: str) -> dict:
+    """How many of a sweep's runs FINISHED and FAILED (an interrupted run counts as neither)."""
+    counts = {"FINISHED": 0, "FAILED": 0}
+    for run in tracking.search_runs(tracking.client(uri), [experiment_id], {"sweep_id": sweep_id, "method": method}):
+        if run.info.status == "FINISHED" or (run.info.status == "FAILED" and run.data.tags.get("error") != INTERRUPTED):
+            counts[run.info.status] += 1
+    return counts
