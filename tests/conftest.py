@@ -63,12 +63,14 @@ def demo_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One real local Ray for the whole session, bound to loopback (address="local": never a
-    cluster some `ray start` left behind)."""
+    """One real local Ray for the whole session, started as a local sweep starts its own: bound to
+    loopback, never a cluster some `ray start` left behind (auth as the suite's environment says)."""
     import ray
+
+    from raybench.local_ray import start_local_ray
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}})
+        start_local_ray(lambda _: None, num_cpus=2, include_dashboard=False,
+                        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()
 
