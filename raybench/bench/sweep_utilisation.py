@@ -112,12 +112,13 @@ def main(argv=None) -> None:
 
     from raybench import tracking
     from raybench.data import load_dataset
+    from raybench.local_ray import start_local_ray
     from raybench.sweep import SweepSpec, run_sweep
 
     args = parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="raybench-util-"))
     load_dataset("demo", None, args.categories)  # generates the demo once, outside the clock
-    ray.init(include_dashboard=False, log_to_driver=False)
+    start_local_ray(print, include_dashboard=False, log_to_driver=False)  # as a local sweep: loopback, auth
     print(f"cluster resources: {ray.cluster_resources()} | method {args.method}, {args.trials} trial(s) per "
           f"category, budget {args.budget}, {args.cpus_per_trial:g} CPU per trial, set {args.overrides or '{}'}")
     results = []
