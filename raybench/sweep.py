@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import shlex
 import time
 import uuid
 from contextlib import contextmanager
@@ -273,7 +274,7 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     if ended < total:  # Tune stopped early: Ctrl-C (SIGINT) or SIGUSR1
         raise SweepInterrupted(
             f"sweep {sweep_id} interrupted: {ended} of {total} trial(s) ended; finish it with the same "
-            f"command plus `--resume --sweep-id {sweep_id}`")
+            f"command plus `--resume --sweep-id {shlex.quote(sweep_id)}`")
     return SweepOutcome(tracking.leaderboard(uri, experiment=exp_name), sweep_id=sweep_id, total=total,
                         failed=outcome["FAILED"])
 

@@ -5,6 +5,7 @@ on loopback only, with token auth on (the test suite's RAY_AUTH_MODE=disabled is
 these subprocesses: what is tested is what users get)."""
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -176,7 +177,7 @@ def test_failed_trials_and_an_interrupt_set_the_exit_status(world):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, (out + err)[-3000:]
-    assert f"--resume --sweep-id {sweep_id}" in err and "Tuner.restore" not in out + err
+    assert f"--resume --sweep-id {shlex.quote(sweep_id)}" in err and "Tuner.restore" not in out + err
     before = runs(root, sweep_id)
     assert "RUNNING" not in {r.info.status for r in before}
     assert all(r.data.tags.get("error") == INTERRUPTED for r in before if r.info.status == "FAILED")
