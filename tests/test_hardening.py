@@ -1,6 +1,5 @@
 """Issue 12's checks that need no Ray: value ranges, mask sizes, filter quoting, synthesis on a thin
 foreground, cuts that `predict` reproduces, an uncreatable sqlite file, the CLI's own errors."""
-import dataclasses
 
 import numpy as np
 import pytest
