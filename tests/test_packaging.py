@@ -1,0 +1,56 @@
+"""The package as users deploy it: a wheel built from the repository, installed outside the
+checkout, finds its search spaces and runs `python -m raybench` (methods and a tiny demo sweep)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# what setuptools needs to build (the cluster YAMLs mount the same files)
+SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "raybench", "search_spaces")
+
+
+def _run(cmd, cwd, env, timeout=300):
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_built_wheel_runs_outside_the_checkout(tmp_path):
+    src = tmp_path / "src"  # a copy: building in place would leave build/ and egg-info in the repo
+    src.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, src / name)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAYBENCH_SEARCH_SPACES")}
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+          "-w", str(tmp_path / "dist"), str(src)], tmp_path, env)
+    (wheel,) = (tmp_path / "dist").glob("raybench-*.whl")
+    site = tmp_path / "site"  # the shared venv's packages supply the dependencies
+    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+         tmp_path, env)
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env.update(PYTHONPATH=str(site), HOME=str(tmp_path / "home"), RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
+    where = _run([sys.executable, "-c", "import raybench, raybench.search_space as s; "
+                  "print(raybench.__file__); print(s.default_path('siamese-unet'))"], outside, env).split()
+    assert Path(where[0]).is_relative_to(site), f"imported {where[0]}, not the installed wheel"
+    assert Path(where[1]).is_relative_to(site) and Path(where[1]).is_file(), where[1]
+    shipped = {p.name for p in (site / "raybench" / "search_spaces").glob("*.yaml")}
+    assert shipped == {p.name for p in (REPO / "search_spaces").glob("*.yaml")}
+
+    assert "siamese-unet:" in _run([sys.executable, "-m", "raybench", "methods"], outside, env)
+    out = _run([sys.executable, "-m", "raybench", "sweep", "demo", "--budget", "smoke", "--trials", "1",
+                "--categories", "disc", "--tracking-uri", f"sqlite:///{outside / 'mlflow.db'}",
+                "--storage", str(outside / "ray")], outside, env, timeout=600)
+    assert "[1/1] disc patchcore: image AUROC" in out, out
+    assert (outside / "mlflow.db").is_file()
