@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("methods", help="list methods and their config fields")
+
+    p = sub.add_parser("export", help="the best model of a category as one ONNX graph, checked against torch")
+    p.add_argument("dataset")
+    p.add_argument("category")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--out", required=True, help="folder for model.onnx and raybench-onnx.json")
+    p.add_argument("--method", default=None)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    _add_common(p)
     return parser
 
 
@@ -178,15 +187,29 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from raybench import best_model
+    from raybench.export import export
+    det = best_model(args.category, dataset=args.dataset, method=args.method,
+                     tracking_uri=args.tracking_uri, device="cpu")
+    path, figures = export(det, args.out, args.format, check=not args.no_check)
+    print(f"{path}: {det.method} run {det.meta.get('run_id', '?')[:8]}, input (N, 3, {det.image_size}, "
+          f"{det.image_size}) in [0, 1]")
+    if figures:
+        print(f"onnxruntime vs torch on {figures['images']} images: relative error scores "
+              f"{figures['scores']:.2e}, maps {figures['maps']:.2e}")
+    return 0
+
+
 def main(argv=None) -> int:
     from raybench.errors import RaybenchError
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.command == "sweep" and not args.address else None
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
-               "methods": cmd_methods}[args.command]
+               "methods": cmd_methods, "export": cmd_export}[args.command]
     try:
         return handler(args)
-    except (RaybenchError, ValueError, KeyError) as err:
+    except (RaybenchError, ValueError, LookupError) as err:  # LookupError: no such run (KeyError is one)
         print(f"raybench: error: {err}", file=sys.stderr)
         return 2
 

@@ -25,3 +25,7 @@ class WeightsError(RaybenchError):
 
 class TrackingError(RaybenchError):
     """The MLflow store cannot be reached or written."""
+
+
+class ExportError(RaybenchError):
+    """An exported model does not score what the torch model scores."""
