@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish the latest (or --sweep-id) sweep")
     p.add_argument("--asha", action="store_true", help="ASHA early stopping (trained methods; epochs as resource)")
     p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--no-register", action="store_true",
+                   help="skip registering each category's best run (raybench-<dataset>-<category>@champion)")
 
     p = sub.add_parser("leaderboard", help="best image/pixel AUROC per category x method")
     p.add_argument("dataset", nargs="?", default=None)
@@ -68,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("methods", help="list methods and their config fields")
+
+    p = sub.add_parser("register", help="register each category's best run in the MLflow Model Registry (alias champion)")
+    p.add_argument("dataset")
+    p.add_argument("--categories", default=None, help="comma list (default: every category with finished runs)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
+    _add_common(p)
 
     p = sub.add_parser("export", help="the best model of a category as one ONNX graph, checked against torch")
     p.add_argument("dataset")
@@ -101,6 +109,12 @@ def cmd_sweep(args) -> int:
         rows = run_sweep(_spec(args, method, trials, gpus, own))
     print("\nLeaderboard (best FINISHED run per category x method):")
     print(format_leaderboard(rows))
+    if not args.no_register:
+        from raybench.registry import register
+        print("\nModel Registry:")
+        for reg in register(args.dataset, sorted({r.category for r in rows}), args.tracking_uri,
+                            experiment=args.experiment):
+            print(f"  {reg}")
     return 0
 
 
@@ -187,6 +201,18 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_register(args) -> int:
+    from raybench.registry import register
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    done = register(args.dataset, categories, args.tracking_uri, experiment=args.experiment)
+    for reg in done:
+        print(reg)
+    if not done:
+        raise LookupError(f"no finished run with a checkpoint for dataset {args.dataset!r}"
+                          f"{' categories ' + args.categories if args.categories else ''}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from raybench import best_model
     from raybench.export import export
@@ -206,7 +232,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.command == "sweep" and not args.address else None
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
-               "methods": cmd_methods, "export": cmd_export}[args.command]
+               "methods": cmd_methods, "export": cmd_export,
+               "register": cmd_register}[args.command]
     try:
         return handler(args)
     except (RaybenchError, ValueError, LookupError) as err:  # LookupError: no such run (KeyError is one)
