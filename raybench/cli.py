@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
     _add_common(p)
 
+    p = sub.add_parser("serve", help="one Ray Serve endpoint for every registered category: POST /<dataset>/<category>")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="fractions share a GPU between replicas")
+    p.add_argument("--alias", default="champion", help="registered model alias to serve")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest image accepted (default 50 megapixels)")
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
+    _add_common(p)
+
     p = sub.add_parser("export", help="the best model of a category as one ONNX graph, checked against torch")
     p.add_argument("dataset")
     p.add_argument("category")
@@ -213,6 +224,24 @@ def cmd_register(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import time
+
+    from raybench import serve
+    from raybench.data.io import MAX_PIXELS
+    app = serve.build_app(args.tracking_uri, args.alias, args.replicas, args.cpus_per_replica,
+                          args.gpus_per_replica, args.max_pixels or MAX_PIXELS)
+    serve.start(app, args.host, args.port, args.address)
+    print(f"serving http://{args.host}:{args.port}/<dataset>/<category> (raybench-<dataset>-<category>@{args.alias} "
+          f"from {serve.absolute_uri(args.tracking_uri)}); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
 def cmd_export(args) -> int:
     from raybench import best_model
     from raybench.export import export
@@ -230,10 +259,10 @@ def cmd_export(args) -> int:
 def main(argv=None) -> int:
     from raybench.errors import RaybenchError
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.command == "sweep" and not args.address else None
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.command in ("sweep", "serve") and not args.address else None
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
                "methods": cmd_methods, "export": cmd_export,
-               "register": cmd_register}[args.command]
+               "register": cmd_register, "serve": cmd_serve}[args.command]
     try:
         return handler(args)
     except (RaybenchError, ValueError, LookupError) as err:  # LookupError: no such run (KeyError is one)

@@ -79,7 +79,7 @@ def test_decode_image_names_each_problem():
     rgb = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
     for fmt in ("PNG", "JPEG", "TIFF"):
         assert decode_image(png_bytes(rgb, fmt)).shape == (20, 30, 3)
-    with pytest.raises(ImageInputError, match="not a readable image") as err:
+    with pytest.raises(ImageInputError, match="not an image file") as err:
         decode_image(b"hello, not an image")
     assert err.value.status == 400
     with pytest.raises(ImageInputError, match="truncated"):

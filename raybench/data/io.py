@@ -106,7 +106,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise ImageInputError(f"image too large to decode safely ({err})", status=413) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:
+        raise ImageInputError("not an image file (PNG, JPEG, TIFF or BMP bytes expected)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageInputError(f"not a readable image ({type(err).__name__}: {str(err)[:200]})") from None
     w, h = img.size
     if w * h > max_pixels:
