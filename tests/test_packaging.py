@@ -1,11 +1,15 @@
 """The package as users deploy it: a wheel built from the repository, installed outside the
-checkout, finds its search spaces and runs `python -m raybench` (methods and a tiny demo sweep)."""
+checkout, finds its search spaces and runs `python -m raybench`: methods, a tiny demo sweep that
+registers its best run, and `serve` answering for that category."""
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,4 +57,44 @@ def test_built_wheel_runs_outside_the_checkout(tmp_path):
                 "--categories", "disc", "--tracking-uri", f"sqlite:///{outside / 'mlflow.db'}",
                 "--storage", str(outside / "ray")], outside, env, timeout=600)
     assert "[1/1] disc patchcore: image AUROC" in out, out
-    assert (outside / "mlflow.db").is_file()
+    assert "raybench-demo-disc v1 @champion" in out, out  # the sweep registered its best run
+
+    # `raybench serve` from the wheel answers for the category the sweep registered
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "raybench", "serve", "--port", str(port),
+                               "--cpus-per-replica", "0.5", "--tracking-uri", f"sqlite:///{outside / 'mlflow.db'}"],
+                              cwd=outside, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        image = next((tmp_path / "home").glob(".cache/raybench/demo-*/disc/test/good/*.png")).read_bytes()
+        answer = _post_until_up(f"http://127.0.0.1:{port}/demo/disc", image, server)
+        assert answer["model"] == "raybench-demo-disc" and answer["verdict"] in ("normal", "anomalous"), answer
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C: serve shuts down, Ray with it
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post_until_up(url: str, body: bytes, server: subprocess.Popen, timeout_s: float = 300) -> dict:
+    import requests
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"raybench serve exited {server.returncode}:\n{server.stdout.read()[-3000:]}")
+        try:
+            r = requests.post(url, data=body, timeout=30)
+            if r.status_code == 200:
+                return r.json()
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    raise AssertionError(f"{url} did not answer within {timeout_s} s")
