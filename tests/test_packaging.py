@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +45,19 @@ def test_built_wheel_runs_outside_the_checkout(tmp_path):
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    env.update(PYTHONPATH=str(site), HOME=str(tmp_path / "home"), RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
+    # a private TMPDIR: a plain ray.init() (the sweep without --address) joins the cluster named in
+    # $TMPDIR/ray/ray_current_cluster, which another `ray start` on this machine may have left (short:
+    # Ray's socket paths live under it)
+    ray_tmp = tempfile.mkdtemp(prefix="rbwhl")
+    env.update(PYTHONPATH=str(site), HOME=str(tmp_path / "home"), RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1",
+               TMPDIR=ray_tmp)
+    try:
+        _run_installed(site, outside, env, tmp_path)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _run_installed(site: Path, outside: Path, env: dict, tmp_path: Path) -> None:
     where = _run([sys.executable, "-c", "import raybench, raybench.search_space as s; "
                   "print(raybench.__file__); print(s.default_path('siamese-unet'))"], outside, env).split()
     assert Path(where[0]).is_relative_to(site), f"imported {where[0]}, not the installed wheel"
@@ -60,14 +73,14 @@ def test_built_wheel_runs_outside_the_checkout(tmp_path):
     assert "raybench-demo-disc v1 @champion" in out, out  # the sweep registered its best run
 
     # `raybench serve` from the wheel answers for the category the sweep registered
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "raybench", "serve", "--port", str(port),
-                               "--cpus-per-replica", "0.5", "--tracking-uri", f"sqlite:///{outside / 'mlflow.db'}"],
-                              cwd=outside, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    port, log = _free_port(), tmp_path / "serve.log"
+    with open(log, "w") as sink:  # a file, not a pipe nobody drains while the server runs
+        server = subprocess.Popen([sys.executable, "-m", "raybench", "serve", "--port", str(port), "--cpus-per-replica",
+                                   "0.5", "--tracking-uri", f"sqlite:///{outside / 'mlflow.db'}"],
+                                  cwd=outside, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         image = next((tmp_path / "home").glob(".cache/raybench/demo-*/disc/test/good/*.png")).read_bytes()
-        answer = _post_until_up(f"http://127.0.0.1:{port}/demo/disc", image, server)
+        answer = _post_until_up(f"http://127.0.0.1:{port}/demo/disc", image, server, log)
         assert answer["model"] == "raybench-demo-disc" and answer["verdict"] in ("normal", "anomalous"), answer
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C: serve shuts down, Ray with it
@@ -84,12 +97,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post_until_up(url: str, body: bytes, server: subprocess.Popen, timeout_s: float = 300) -> dict:
+def _post_until_up(url: str, body: bytes, server: subprocess.Popen, log: Path, timeout_s: float = 300) -> dict:
     import requests
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"raybench serve exited {server.returncode}:\n{server.stdout.read()[-3000:]}")
+            raise AssertionError(f"raybench serve exited {server.returncode}:\n{log.read_text()[-3000:]}")
         try:
             r = requests.post(url, data=body, timeout=30)
             if r.status_code == 200:
@@ -97,4 +110,4 @@ def _post_until_up(url: str, body: bytes, server: subprocess.Popen, timeout_s: f
         except requests.RequestException:
             pass
         time.sleep(2)
-    raise AssertionError(f"{url} did not answer within {timeout_s} s")
+    raise AssertionError(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
