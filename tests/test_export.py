@@ -11,7 +11,6 @@ import torch
 from raybench.cli import main
 from raybench.config import from_dict
 from raybench.detector import Detector
-from raybench.errors import ExportError
 from raybench.export import INFO_FILE, MODEL_FILE, PARITY_RTOL, export, parity, relative_error
 from raybench.methods import get_method
 
