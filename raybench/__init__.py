@@ -6,11 +6,20 @@ __version__ = "0.1.0"
 
 
 def best_model(category: str, dataset: str | None = None, method: str | None = None,
-               tracking_uri: str | None = None, device: str | None = None):
+               tracking_uri: str | None = None, device: str | None = None, alias: str | None = None):
     """The Detector of the best FINISHED run for `category` (highest image AUROC, pixel AUROC
-    breaks ties), optionally restricted to a dataset and/or method."""
+    breaks ties), optionally restricted to a dataset and/or method. With `alias` (e.g.
+    "champion"), the registered model `raybench-<dataset>-<category>@alias` instead."""
     from raybench import tracking
     from raybench.detector import Detector
+    if alias:
+        from raybench.registry import load_detector
+        if not dataset:
+            raise ValueError("best_model(alias=...) needs dataset= (the registered name is raybench-<dataset>-<category>)")
+        det = load_detector(dataset, category, tracking_uri, alias, device)
+        if method and det.method != method:
+            raise LookupError(f"raybench-{dataset}-{category}@{alias} is a {det.method} model, not {method}")
+        return det
     runs = [r for r in tracking.finished_runs(tracking_uri, dataset, category, method)
             if r.data.tags.get("checkpoint") == "yes"]
     if not runs:

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", dest="kinds", action="append", metavar="CATEGORY=object|texture",
                    help="what a category is (default: MVTec AD's texture names are textures, the rest objects); "
                         "synthesis keeps to an object's foreground (repeatable)")
+    p.add_argument("--no-register", action="store_true",
+                   help="skip registering each category's best run (raybench-<dataset>-<category>@champion)")
 
     p = sub.add_parser("leaderboard", help="best image/pixel AUROC per category x method")
     p.add_argument("dataset", nargs="?", default=None)
@@ -96,6 +98,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("methods", help="list methods and their config fields")
+
+    p = sub.add_parser("register", help="register each category's best run in the MLflow Model Registry (alias champion)")
+    p.add_argument("dataset")
+    p.add_argument("--categories", default=None, help="comma list (default: every category with finished runs)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
+    _add_common(p)
+
+    p = sub.add_parser("serve", help="one Ray Serve endpoint for every registered category: POST /<dataset>/<category>")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="fractions share a GPU between replicas")
+    p.add_argument("--alias", default="champion", help="registered model alias to serve")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest image accepted (default 50 megapixels)")
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="the best model of a category as one ONNX graph, checked against torch")
+    p.add_argument("dataset")
+    p.add_argument("category")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--out", required=True, help="folder for model.onnx and raybench-onnx.json")
+    p.add_argument("--method", default=None)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    _add_common(p)
     return parser
 
 
@@ -121,6 +149,12 @@ def cmd_sweep(args) -> int:
         failed, total = failed + rows.failed, total + rows.total
     print("\nLeaderboard (best FINISHED run per category x method):")
     print(format_leaderboard(rows))
+    if not args.no_register:
+        from raybench.registry import register
+        print("\nModel Registry:")
+        for reg in register(args.dataset, sorted({r.category for r in rows}), args.tracking_uri,
+                            experiment=args.experiment):
+            print(f"  {reg}")
     if failed:
         print(f"raybench: {failed} of {total} trial(s) FAILED (each run's `error` tag in MLflow says why)",
               file=sys.stderr)
@@ -216,11 +250,56 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_register(args) -> int:
+    from raybench.registry import register
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    done = register(args.dataset, categories, args.tracking_uri, experiment=args.experiment)
+    for reg in done:
+        print(reg)
+    if not done:
+        raise LookupError(f"no finished run with a checkpoint for dataset {args.dataset!r}"
+                          f"{' categories ' + args.categories if args.categories else ''}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import time
+
+    from raybench import serve
+    from raybench.data.io import MAX_PIXELS
+    app = serve.build_app(args.tracking_uri, args.alias, args.replicas, args.cpus_per_replica,
+                          args.gpus_per_replica, args.max_pixels or MAX_PIXELS)
+    serve.start(app, args.host, args.port, args.address)
+    print(f"serving http://{args.host}:{args.port}/<dataset>/<category> (raybench-<dataset>-<category>@{args.alias} "
+          f"from {serve.absolute_uri(args.tracking_uri)}); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from raybench import best_model
+    from raybench.export import export
+    det = best_model(args.category, dataset=args.dataset, method=args.method,
+                     tracking_uri=args.tracking_uri, device="cpu")
+    path, figures = export(det, args.out, args.format, check=not args.no_check)
+    print(f"{path}: {det.method} run {det.meta.get('run_id', '?')[:8]}, input (N, 3, {det.image_size}, "
+          f"{det.image_size}) in [0, 1]")
+    if figures:
+        print(f"onnxruntime vs torch on {figures['images']} images: relative error scores "
+              f"{figures['scores']:.2e}, maps {figures['maps']:.2e}")
+    return 0
+
+
 def main(argv=None) -> int:
     from raybench.errors import RaybenchError, SweepInterrupted
     args = build_parser().parse_args(argv)
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
-               "methods": cmd_methods}[args.command]
+               "methods": cmd_methods, "export": cmd_export,
+               "register": cmd_register, "serve": cmd_serve}[args.command]
     try:
         return handler(args)
     except SweepInterrupted as err:
@@ -230,7 +309,7 @@ def main(argv=None) -> int:
         hint = " (`--resume` with the same arguments finishes the sweep)" if args.command == "sweep" else ""
         print(f"raybench: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (RaybenchError, ValueError, KeyError) as err:
+    except (RaybenchError, ValueError, LookupError) as err:  # LookupError: no such run (KeyError is one)
         print(f"raybench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -29,3 +29,16 @@ class TrackingError(RaybenchError):
 
 class SweepInterrupted(RaybenchError):
     """The sweep was stopped (Ctrl-C) before every trial ended; `--resume` finishes it."""
+
+
+class ExportError(RaybenchError):
+    """An exported model does not score what the torch model scores."""
+
+
+class ImageInputError(RaybenchError):
+    """Bytes sent to be scored are not a usable image; `status` is the HTTP status that says so
+    (400: not an image or truncated, 413: more pixels than the limit)."""
+
+    def __init__(self, problem: str, status: int = 400):
+        self.problem, self.status = problem, status
+        super().__init__(problem)

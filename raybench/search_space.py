@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import optuna.distributions as od
@@ -26,9 +27,20 @@ from raybench.config import check_range, coerce, field_ranges, field_types
 from raybench.errors import ConfigError
 from raybench.methods.base import get_method
 
-# the repository's search_spaces/ (raybench is installed editable, as README and cluster.yaml do);
-# RAYBENCH_SEARCH_SPACES points elsewhere, and --search-space FILE always works
-SEARCH_SPACE_DIR = Path(os.environ.get("RAYBENCH_SEARCH_SPACES") or Path(__file__).resolve().parents[1] / "search_spaces")
+
+def _default_dir() -> Path:
+    """RAYBENCH_SEARCH_SPACES if set; else the copy a built wheel ships (raybench/search_spaces/,
+    see setup.py); else the checkout's top-level search_spaces/ (an editable install). The
+    top-level folder is the one to edit; --search-space FILE always works."""
+    if os.environ.get("RAYBENCH_SEARCH_SPACES"):
+        return Path(os.environ["RAYBENCH_SEARCH_SPACES"])
+    shipped = Path(str(resources.files("raybench").joinpath("search_spaces")))
+    if shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+SEARCH_SPACE_DIR = _default_dir()
 _KEYS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
          "categorical": {"choices"}}
 

@@ -177,9 +177,29 @@ def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dic
         train_loop_config={"ctx": ctx, "config": config, "category": category_name},
         scaling_config=ScalingConfig(num_workers=ctx.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=f"ddp-{uuid.uuid4().hex[:8]}", storage_path=tempfile.mkdtemp(prefix="raybench-ddp-")),
+        run_config=RunConfig(name=f"ddp-{uuid.uuid4().hex[:8]}", **_ddp_storage()),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:  # rank 0 saved the Detector there
         detector = Detector.load(folder, device="cpu")
+    _remove_run(result)  # the Detector goes on in the trial's own checkpoint
     return dict(result.metrics), detector
+
+
+def _ddp_storage() -> dict:
+    """RunConfig storage for the Ray Train run: a `ddp` folder in this trial's folder on the
+    sweep's storage (--storage; S3 on a cluster), which this process reads wherever rank 0 ran.
+    A local temporary folder would be on rank 0's node, unreadable here when that is another node."""
+    try:
+        storage = tune.get_context().get_storage()
+        path = f"{storage.trial_fs_path}/ddp"
+    except Exception:  # not inside a Tune trial (a direct call): nothing to share
+        return {"storage_path": tempfile.mkdtemp(prefix="raybench-ddp-")}
+    return {"storage_path": path, "storage_filesystem": storage.storage_filesystem}
+
+
+def _remove_run(result) -> None:
+    try:
+        result.filesystem.delete_dir(result.path)
+    except Exception:
+        pass  # leftover weights are only a cost, never wrong

@@ -84,3 +84,40 @@ def load_mask(path: str | Path, size: int) -> np.ndarray:
 def check_image(path: str | Path) -> tuple[int, int]:
     """Cheap validity check (header + decode) used before a sweep starts; returns (width, height)."""
     return _open(Path(path)).size
+
+
+# Largest image decode_image accepts: 8k x 6k. Decoding costs memory in proportion to the pixel
+# count the header claims, so a tiny file can ask for gigabytes (a decompression bomb).
+MAX_PIXELS = 50_000_000
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes (PNG, JPEG, TIFF, BMP) -> float32 (H, W, 3) in [0, 1]. The header's size is
+    checked against `max_pixels` before any pixel is decoded; ImageInputError names the problem."""
+    import io
+    import warnings
+
+    from raybench.errors import ImageInputError
+    if not data:
+        raise ImageInputError("empty body: send the image file's bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise ImageInputError(f"image too large to decode safely ({err})", status=413) from None
+    except UnidentifiedImageError:
+        raise ImageInputError("not an image file (PNG, JPEG, TIFF or BMP bytes expected)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageInputError(f"not a readable image ({type(err).__name__}: {str(err)[:200]})") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageInputError(f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}", status=413)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageInputError(f"image cannot be decoded, truncated or corrupt ({str(err)[:200]})") from None
+    arr = image_to_array(img)
+    if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ImageInputError(f"image has unusable shape {arr.shape}")
+    return arr
