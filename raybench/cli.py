@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish the latest (or --sweep-id) sweep")
     p.add_argument("--asha", action="store_true", help="ASHA early stopping (trained methods; epochs as resource)")
     p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="skip each trial's overlay grid, ROC/PR curves and score histogram (MLflow artifacts)")
 
     p = sub.add_parser("leaderboard", help="best image/pixel AUROC per category x method")
     p.add_argument("dataset", nargs="?", default=None)
@@ -103,7 +105,8 @@ def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
         experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=gpus, workers=args.workers, seed=args.seed, weights=args.weights,
         budget=args.budget, overrides=overrides, storage=args.storage,
-        sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent)
+        sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent,
+        figures=args.figures)
 
 
 def cmd_leaderboard(args) -> int:

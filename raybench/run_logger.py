@@ -13,7 +13,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from raybench import tracking
-from raybench.trial import DETECTOR_DIR
+from raybench.trial import DETECTOR_DIR, FIGURES_DIR
 
 LOGGED_METRICS = tracking.METRICS + tracking.THRESHOLDS + (
     "fit_seconds", "inference_seconds", "inference_images_per_second", "n_test_scored", "epoch", "workers")
@@ -105,6 +105,8 @@ class MLflowTrialLogger(Callback):
         if checkpoint is not None and result.get("final"):
             with checkpoint.as_directory() as folder:
                 self.client.log_artifacts(run_id, str(Path(folder) / DETECTOR_DIR), "detector")
+                if (Path(folder) / FIGURES_DIR).is_dir():  # PNGs the trial rendered (--no-figures: none)
+                    self.client.log_artifacts(run_id, str(Path(folder) / FIGURES_DIR), FIGURES_DIR)
             self.client.set_tag(run_id, "checkpoint", "yes")
         else:
             self.client.set_tag(run_id, "checkpoint", "no")

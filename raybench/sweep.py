@@ -55,6 +55,7 @@ class SweepSpec:
     asha: bool = False
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a trial whose node or worker died
+    figures: bool = True  # each trial's overlays, curves and histogram as MLflow artifacts
 
 
 def resolve_base_config(spec: SweepSpec, space: SearchSpace) -> dict:
@@ -178,7 +179,8 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     ctx = TrialContext(spec.dataset, spec.data_root, spec.method, base, overrides, spec.workers,
-                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained)
+                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained,
+                       figures=spec.figures)
     if spec.workers > 1:
         resources = {"cpu": 0.1}  # the trial only drives a TorchTrainer; its workers hold the devices
     else:

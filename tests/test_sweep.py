@@ -37,7 +37,7 @@ def finished_sweep(tmp_path_factory, demo_root, ray_local):
 
 
 def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(finished_sweep):
-    uri, rows, _ = finished_sweep
+    uri, rows, tmp = finished_sweep
     c = tracking.client(uri)
     exp = c.get_experiment_by_name("raybench-demo")
     runs = c.search_runs([exp.experiment_id])
@@ -52,6 +52,11 @@ def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(fini
             assert math.isfinite(run.data.metrics[m]), m
         files = {a.path for a in c.list_artifacts(run.info.run_id, "detector")}
         assert files == {"detector/detector.json", "detector/weights.safetensors"}
+        pictures = {a.path: a.file_size for a in c.list_artifacts(run.info.run_id, "figures")}
+        assert set(pictures) == {"figures/overlays.png", "figures/curves.png", "figures/score_histogram.png"}
+        assert all(size > 5_000 for size in pictures.values())
+        local = c.download_artifacts(run.info.run_id, "figures/overlays.png", str(tmp / run.info.run_id))
+        assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {(r.category, r.method, r.n_runs) for r in rows} == {("stripes", "patchcore", 2), ("disc", "patchcore", 2)}
 
 
@@ -166,8 +171,9 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local):
         # the CLI, two methods in one command, through the server
         assert main(["sweep", "demo", "--data-root", str(demo_root), "--categories", "weave", "--trials", "1",
                      "--method", "patchcore,rd", "--budget", "smoke", "--set", "epochs1=1",
-                     "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
+                     "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--no-figures"]) == 0
         rows = tracking.leaderboard(uri, "demo")
+        assert not any(tracking.client(uri).list_artifacts(r.run_id, "figures") for r in rows)  # --no-figures
         assert sorted(r.method for r in rows) == ["patchcore", "rd"]
         det = best_model("weave", method="rd", tracking_uri=uri, device="cpu")
         assert det.method == "rd"
