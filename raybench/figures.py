@@ -200,3 +200,67 @@ def render_trial(out_dir, images, masks, labels, scores, maps, image_threshold, 
         save_png(curves(labels, scores, masks, maps, title=title), out_dir / CURVES),
         save_png(score_histogram(labels, scores, image_threshold, title=title), out_dir / HISTOGRAM),
     ]
+
+
+def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: str = ""):
+    """Grouped bars: categories along x, one bar per method, its value printed on it; `entries`
+    are (category, method, value, spread) with spread (a std over seeds) or None; a spread draws
+    an error bar."""
+    plt = _plt()
+    entries = list(entries)
+    categories = sorted({e[0] for e in entries})
+    methods = sorted({e[1] for e in entries})
+    table = {(c, m): (v, s) for c, m, v, s in entries}
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + len(categories) * (0.5 + 0.45 * len(methods))), 4.2))
+    x = np.arange(len(categories))
+    for j, method in enumerate(methods):
+        values = np.array([table.get((c, method), (np.nan, None))[0] for c in categories], dtype=float)
+        spreads = [table.get((c, method), (np.nan, None))[1] for c in categories]
+        err = None if all(s is None for s in spreads) else np.array([s or 0.0 for s in spreads], dtype=float)
+        bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, np.nan_to_num(values), width, yerr=err,
+                      capsize=3, label=method)
+        for bar, value, spread in zip(bars, values, spreads):
+            if np.isfinite(value):
+                ax.text(bar.get_x() + bar.get_width() / 2, value + (spread or 0) + 0.01, f"{value:.3f}", ha="center",
+                        va="bottom", fontsize=7, rotation=90 if len(methods) > 2 else 0)
+    ax.set_xticks(x, categories, rotation=30 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center")
+    ax.set_ylim(0, 1.25)  # room for the legend above the bars
+    ax.axhline(0.5, ls=":", color="grey", lw=1)  # a random scorer
+    ax.set(ylabel=metric_label, title=title or f"{metric_label}: categories x methods")
+    ax.legend(fontsize=8, ncols=min(4, len(methods)), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def message_figure(text: str, size=(6, 2)):
+    """A figure that says why there is nothing to plot (instead of leaving the artifact out)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=size)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return fig
+
+
+def study_figures(study) -> dict:
+    """Optuna's optimisation history and parameter importances of one study, as figures (name ->
+    figure); importances need two finished trials and a searched parameter, else a message says so."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+    _plt()
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = ovm.plot_optimization_history(study).figure
+        history.set_size_inches(6.4, 4)
+        history.tight_layout()
+        if len(done) >= 2 and any(t.params for t in done):
+            importances = ovm.plot_param_importances(study).figure
+            importances.set_size_inches(6.4, max(3.0, 0.4 * len(done[0].params) + 1.5))
+            importances.tight_layout()
+        else:
+            importances = message_figure(f"{study.study_name}: parameter importances need two finished "
+                                         f"trials with searched parameters ({len(done)} finished)")
+    return {"optimization_history": history, "param_importances": importances}

@@ -217,5 +217,8 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         )
     random.seed(spec.seed)
     quiet_ray_logs()
-    tuner.fit()
-    return tracking.leaderboard(uri, experiment=exp_name)
+    results = tuner.fit()
+    rows = tracking.leaderboard(uri, experiment=exp_name)
+    from raybench.sweep_summary import summarise_sweep
+    summarise_sweep(uri, experiment_id, exp_name, tags, results, space, rows, log)  # winner tags, the sweep's charts
+    return rows

@@ -60,6 +60,23 @@ def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(fini
     assert {(r.category, r.method, r.n_runs) for r in rows} == {("stripes", "patchcore", 2), ("disc", "patchcore", 2)}
 
 
+def test_the_sweep_tags_winners_and_logs_its_charts(finished_sweep):
+    uri, rows, _ = finished_sweep
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("raybench-demo")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+    winners = c.search_runs([exp.experiment_id], "tags.winner = 'yes'")
+    assert sorted(r.data.tags["category"] for r in winners) == ["disc", "stripes"]
+    for run in winners:
+        assert run.info.run_id == best_model(run.data.tags["category"], tracking_uri=uri).meta["run_id"]
+    summary_exp = c.get_experiment_by_name("raybench-demo-sweeps")
+    (summary,) = c.search_runs([summary_exp.experiment_id])
+    charts = {a.path for folder in ("sweep", "sweep/disc", "sweep/stripes")
+              for a in c.list_artifacts(summary.info.run_id, folder) if not a.is_dir}
+    assert charts == {"sweep/leaderboard.png"} | {f"sweep/{cat}/{name}.png" for cat in ("disc", "stripes")
+                                                  for name in ("optimization_history", "param_importances")}
+
+
 def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, demo_root):
     uri, _, _ = finished_sweep
     runs = tracking.finished_runs(uri, "demo", "disc")
