@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for anomaly maps at each image's size (.npy, .png) and defect masks (_mask.png)")
     _add_common(p)
 
+    p = sub.add_parser("report", help="one self-contained HTML page: leaderboard, charts, the best runs' overlays")
+    p.add_argument("dataset", help="the dataset whose experiment (raybench-DATASET) to report")
+    p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    _add_common(p)
+
     p = sub.add_parser("methods", help="list methods and their config fields")
     return parser
 
@@ -110,8 +115,16 @@ def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
 
 
 def cmd_leaderboard(args) -> int:
-    from raybench.tracking import format_leaderboard, leaderboard
-    print(format_leaderboard(leaderboard(args.tracking_uri, args.dataset)))
+    from raybench.tracking import format_leaderboard, leaderboard, require_existing_store
+    print(format_leaderboard(leaderboard(require_existing_store(args.tracking_uri), args.dataset)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raybench.report import write_report
+    from raybench.tracking import require_existing_store
+    path = write_report(require_existing_store(args.tracking_uri), args.dataset, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; opens offline: file://{path.resolve()})")
     return 0
 
 
@@ -134,7 +147,9 @@ def cmd_predict(args) -> int:
     from raybench import best_model
     from raybench.data.io import read_image
     from raybench.errors import DatasetError
-    det = best_model(args.category, dataset=args.dataset, method=args.method, tracking_uri=args.tracking_uri)
+    from raybench.tracking import require_existing_store
+    det = best_model(args.category, dataset=args.dataset, method=args.method,
+                     tracking_uri=require_existing_store(args.tracking_uri))
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -186,10 +201,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.command == "sweep" and not args.address else None
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
-               "methods": cmd_methods}[args.command]
+               "report": cmd_report, "methods": cmd_methods}[args.command]
     try:
         return handler(args)
-    except (RaybenchError, ValueError, KeyError) as err:
+    except (RaybenchError, ValueError, KeyError, LookupError) as err:
         print(f"raybench: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+FIGURES_DIR = "figures"  # beside `detector/` in a trial's checkpoint, and the MLflow artifact folder
 OVERLAYS, CURVES, HISTOGRAM = "overlays.png", "curves.png", "score_histogram.png"
 MAX_CURVE_PIXELS = 2_000_000  # pixel curves on an even stride of at most this many pixels: cheap, same shape
 

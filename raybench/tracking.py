@@ -45,6 +45,18 @@ def _local_artifact_root(uri: str) -> str | None:
     return None
 
 
+def require_existing_store(uri: str | None) -> str:
+    """For read-only commands: a sqlite store that is not there is an error (opening it would
+    create an empty mlflow.db and report 'no runs')."""
+    uri = tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).expanduser()
+        if not db.is_file():
+            raise TrackingError(f"MLflow store {uri}: {db.resolve()} does not exist (run `raybench sweep` "
+                                f"first, or pass --tracking-uri / set MLFLOW_TRACKING_URI)")
+    return uri
+
+
 def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
     """Refuse to start a sweep whose results could not be recorded."""
     uri = tracking_uri(uri)

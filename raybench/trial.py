@@ -17,6 +17,7 @@ from raybench.config import from_dict, to_dict
 from raybench.data import load_dataset
 from raybench.detector import Detector
 from raybench.evaluation import evaluate_scorer, load_test_set
+from raybench.figures import FIGURES_DIR
 from raybench.methods.base import get_method
 from raybench.models.common import pick_device
 from raybench.search_space import decode_params
@@ -83,7 +84,7 @@ def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
     return metrics, Detector(spec.name, config, result.scorer, meta)
 
 
-RESULT_FILE, DETECTOR_DIR, FIGURES_DIR = "result.json", "detector", "figures"
+RESULT_FILE, DETECTOR_DIR = "result.json", "detector"
 
 
 def _render_figures(folder: Path, predictions: dict, metrics: dict, title: str) -> None:
