@@ -99,7 +99,18 @@ def cmd_sweep(args) -> int:
         rows = run_sweep(_spec(args, method, trials, gpus, own))
     print("\nLeaderboard (best FINISHED run per category x method):")
     print(format_leaderboard(rows))
+    _print_where_to_look(args)
     return 0
+
+
+def _print_where_to_look(args) -> None:
+    """The sweep's last lines: how to open the MLflow UI on these runs."""
+    from raybench import tracking
+    from raybench.ui import where_to_look
+    uri = tracking.tracking_uri(args.tracking_uri)
+    exp = tracking.client(uri).get_experiment_by_name(tracking.experiment_name(args.dataset, args.experiment))
+    if exp is not None:
+        print("\n" + where_to_look(uri, exp.experiment_id))
 
 
 def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):

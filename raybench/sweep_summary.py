@@ -109,3 +109,5 @@ def summarise_sweep(uri: str, experiment_id: str, experiment_name: str, tags: di
         return
     log(f"winners tagged ({WINNER_TAG}=yes) for {len(best)} categor{'y' if len(best) == 1 else 'ies'}; "
         f"sweep charts in MLflow experiment {summary_experiment(experiment_name)!r}, run {run_id}")
+    from raybench.ui import where_to_look
+    log(where_to_look(uri, experiment_id, tags.get("sweep_id")))
