@@ -22,6 +22,7 @@ from raybench.category_search import METRIC, MODE, PerCategorySearch
 from raybench.config import field_types, from_dict
 from raybench.data import load_dataset, validate_category
 from raybench.methods.base import BUDGETS, get_method
+from raybench.progress import ProgressLine
 from raybench.run_logger import MLflowTrialLogger, close_interrupted_runs
 from raybench.search_space import SearchSpace, load_search_space
 from raybench.trial import TrialContext, build_config, quiet_ray_logs, run_trial
@@ -211,7 +212,7 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
                                         max_concurrent_trials=spec.max_concurrent),
             run_config=tune.RunConfig(
-                name=run_name, storage_path=root, callbacks=[logger], verbose=0,
+                name=run_name, storage_path=root, callbacks=[logger, ProgressLine(total)], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
