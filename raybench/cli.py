@@ -26,11 +26,13 @@ def _add_common(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from raybench.data import DATASETS
+    from raybench import __version__
     parser = argparse.ArgumentParser(prog="raybench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"raybench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", help="tune a method per category and track every trial in MLflow")
-    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("dataset", choices=DATASETS, help="dataset layout (demo is built in)")
     p.add_argument("--data-root", default=None, help="dataset folder (not needed for demo)")
     p.add_argument("--categories", default="all", help="comma list or 'all'")
     p.add_argument("--method", default="patchcore", help="a method, a comma list, or 'all' (see `raybench methods`)")
@@ -39,34 +41,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default: 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions pack several trials on one GPU (default: 1 if the Ray cluster has GPUs, else 0)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers per trial")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the methods and each category's Optuna sampler (default: 0)")
     p.add_argument("--weights", default=None, help="imagenet | random | PATH (demo: random)")
-    p.add_argument("--budget", default="default", choices=("smoke", "default", "paper"))
+    p.add_argument("--budget", default="default", choices=("smoke", "default", "paper"),
+                   help="epochs and sizes: smoke (seconds), default, paper (the papers' settings)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="fix a config field for every trial (repeatable)")
     p.add_argument("--storage", default=None, help="Ray Tune storage (default ./.raybench/ray_results; $RAYBENCH_STORAGE)")
-    p.add_argument("--sweep-id", default=None)
+    p.add_argument("--sweep-id", default=None, help="name this sweep (default: time + random suffix); with --resume, which one")
     p.add_argument("--resume", action="store_true", help="finish the latest (or --sweep-id) sweep")
     p.add_argument("--asha", action="store_true", help="ASHA early stopping (trained methods; epochs as resource)")
-    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip each trial's overlay grid, ROC/PR curves and score histogram (MLflow artifacts)")
 
     p = sub.add_parser("leaderboard", help="best image/pixel AUROC per category x method")
-    p.add_argument("dataset", nargs="?", default=None)
+    p.add_argument("dataset", nargs="?", default=None, help="only this dataset's experiment (default: every raybench-* experiment)")
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with the best model of a category")
     p.add_argument("images", nargs="+", help="image files or folders of them")
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--category", required=True)
-    p.add_argument("--method", default=None)
+    p.add_argument("--dataset", default=None, help="take the best run of this dataset only (default: any)")
+    p.add_argument("--category", required=True, help="the product category whose best model scores the images")
+    p.add_argument("--method", default=None, help="take the best run of this method only (default: any)")
     p.add_argument("--out", default=None,
-                   help="folder for anomaly maps at each image's size (.npy, .png) and defect masks (_mask.png)")
+                   help="folder for anomaly maps at each image's size (.npy, .png), defect masks (_mask.png) "
+                        "and colour overlays (_overlay.png: heat map, predicted outline, score and verdict)")
     _add_common(p)
 
     p = sub.add_parser("report", help="one self-contained HTML page: leaderboard, charts, the best runs' overlays")
@@ -155,7 +159,7 @@ def cmd_predict(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from raybench import best_model
+    from raybench import best_model, figures
     from raybench.data.io import read_image
     from raybench.errors import DatasetError
     from raybench.tracking import require_existing_store
@@ -165,6 +169,8 @@ def cmd_predict(args) -> int:
     if out:
         out.mkdir(parents=True, exist_ok=True)
     image_cut, pixel_cut = det.image_threshold, det.pixel_threshold
+    print(f"model: {det.method} for {args.category}, MLflow run {det.meta.get('run_name') or ''} "
+          f"({det.meta.get('run_id')}); image cut {image_cut}, pixel cut {pixel_cut}", file=sys.stderr)
     paths, chunk, scored, unreadable = image_paths(args.images), 32, 0, 0
     for start in range(0, len(paths), chunk):  # results appear as they come
         batch = []
@@ -177,7 +183,7 @@ def cmd_predict(args) -> int:
         if not batch:
             continue
         scores, maps = det.predict([image for _, image in batch], batch_size=chunk, map_size="input")
-        for (path, _), score, amap in zip(batch, scores, maps):
+        for (path, image), score, amap in zip(batch, scores, maps):
             verdict = "?" if image_cut is None else ("anomalous" if score >= image_cut else "normal")
             print(f"{score:.6f}\t{verdict}\t{path}", flush=True)
             if out:
@@ -188,6 +194,7 @@ def cmd_predict(args) -> int:
                 Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8)).save(out / f"{stem}_map.png")
                 if pixel_cut is not None:
                     Image.fromarray(((amap >= pixel_cut) * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
+                figures.predict_overlay(image, amap, score, image_cut, pixel_cut).save(out / f"{stem}_overlay.png")
             scored += 1
     if unreadable:
         print(f"{unreadable} file(s) could not be read (listed above); {scored} scored", file=sys.stderr)

@@ -265,3 +265,32 @@ def study_figures(study) -> dict:
             importances = message_figure(f"{study.study_name}: parameter importances need two finished "
                                          f"trials with searched parameters ({len(done)} finished)")
     return {"optimization_history": history, "param_importances": importances}
+
+
+def predict_overlay(image, amap, score: float, image_threshold, pixel_threshold, vmax: float | None = None):
+    """One scored image as a PIL image: the heat map (jet, 0 .. `vmax`, default twice the pixel
+    cut) blended over it, the predicted defect region outlined in white, and the score and verdict
+    written in the corner. Pure numpy/PIL (no figure per image), so it keeps up with `predict`."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+    base = _as_hwc(image)
+    amap = np.asarray(amap, dtype=np.float32)
+    if amap.shape != base.shape[:2]:
+        raise ValueError(f"map {amap.shape} and image {base.shape[:2]} differ in size")
+    pixel_cut, image_cut = _cut(pixel_threshold), _cut(image_threshold)
+    top = vmax or (2 * pixel_cut if pixel_cut else float(amap.max()) or 1.0)
+    heat = colormaps["jet"](np.clip(amap / top, 0, 1))[..., :3]
+    out = 0.55 * base + 0.45 * heat
+    if pixel_cut is not None:
+        region = amap >= pixel_cut
+        edge = region & ~ndimage.binary_erosion(region, iterations=max(1, min(amap.shape) // 128))
+        out[edge] = 1.0
+    picture = Image.fromarray((np.clip(out, 0, 1) * 255).astype(np.uint8))
+    verdict = "?" if image_cut is None else ("ANOMALOUS" if score >= image_cut else "normal")
+    text = f"{score:.4g} {verdict}" + (f" (cut {image_cut:.4g})" if image_cut is not None else "")
+    draw = ImageDraw.Draw(picture)
+    box = draw.textbbox((4, 4), text)
+    draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+    draw.text((4, 4), text, fill=(255, 80, 80) if verdict == "ANOMALOUS" else (255, 255, 255))
+    return picture

@@ -94,3 +94,20 @@ def test_curves_say_when_a_level_has_one_class(tmp_path):
     from sklearn.metrics import roc_auc_score
     assert f"AUROC {roc_auc_score(labels, scores):.4f}" in legends
     figures._plt().close(fig)
+
+
+def test_predict_overlay_outlines_the_predicted_region_and_writes_the_verdict():
+    image = np.full((64, 80, 3), 0.5, np.float32)
+    amap = np.zeros((64, 80), np.float32)
+    amap[20:40, 30:50] = 1.0
+    over = figures.predict_overlay(image, amap, 0.93, image_threshold=0.5, pixel_threshold=0.5)
+    a = np.asarray(over)
+    assert over.size == (80, 64) and a.dtype == np.uint8
+    assert (a[20, 30:50] == 255).all() and (a[39, 30:50] == 255).all()  # the region's border is white
+    assert not (a[30, 35:45] == 255).all(axis=-1).any()  # its inside is heat, not outline
+    assert a[60, 70, 0] < a[30, 40, 0]  # jet: hot region redder than the cold background
+    assert (a[:14, :60] != a[50, 5]).any()  # the score banner is drawn top left
+    calm = np.asarray(figures.predict_overlay(image, amap * 0, 0.1, 0.5, 0.5))
+    assert not (calm[20:] == 255).all(axis=-1).any()  # nothing predicted: no outline (below the banner)
+    with pytest.raises(ValueError, match="differ in size"):
+        figures.predict_overlay(image, amap[:10], 0.1, 0.5, 0.5)

@@ -110,6 +110,8 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
     assert amap.shape == (side, side)
     mask = np.asarray(Image.open(tmp_path / "maps" / f"000_{Path(images[0]).stem}_mask.png"))
     assert np.array_equal(mask > 0, amap >= det.pixel_threshold)
+    with Image.open(tmp_path / "maps" / f"000_{Path(images[0]).stem}_overlay.png") as overlay:
+        assert overlay.size == Image.open(images[0]).size and overlay.mode == "RGB"
     # a folder of new images with one broken file: the rest are scored, the broken one is named
     folder = tmp_path / "incoming"
     folder.mkdir()
