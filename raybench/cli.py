@@ -162,7 +162,11 @@ def cmd_predict(args) -> int:
     from raybench import best_model, figures
     from raybench.data.io import read_image
     from raybench.errors import DatasetError
+    from raybench.data.io import IMAGE_SUFFIXES
     from raybench.tracking import require_existing_store
+    paths = image_paths(args.images)
+    if not paths:  # before loading any model
+        raise ValueError(f"no image files in {', '.join(args.images)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     det = best_model(args.category, dataset=args.dataset, method=args.method,
                      tracking_uri=require_existing_store(args.tracking_uri))
     out = Path(args.out) if args.out else None
@@ -171,7 +175,7 @@ def cmd_predict(args) -> int:
     image_cut, pixel_cut = det.image_threshold, det.pixel_threshold
     print(f"model: {det.method} for {args.category}, MLflow run {det.meta.get('run_name') or ''} "
           f"({det.meta.get('run_id')}); image cut {image_cut}, pixel cut {pixel_cut}", file=sys.stderr)
-    paths, chunk, scored, unreadable = image_paths(args.images), 32, 0, 0
+    chunk, scored, unreadable = 32, 0, 0
     for start in range(0, len(paths), chunk):  # results appear as they come
         batch = []
         for path in paths[start:start + chunk]:  # each file read once; a bad one is named and skipped

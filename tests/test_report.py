@@ -83,7 +83,7 @@ def test_read_only_commands_refuse_a_store_that_is_not_there(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "mlflow.db"
     uri = f"sqlite:///{missing}"
     for argv in (["leaderboard", "demo"], ["report", "demo", "--out", str(tmp_path / "r.html")],
-                 ["predict", "--category", "disc", str(tmp_path)]):
+                 ["predict", "--category", "disc", str(tmp_path / "part.png")]):
         assert main([*argv, "--tracking-uri", uri]) == 2
         err = capsys.readouterr().err
         assert "does not exist" in err and str(missing) in err, argv
@@ -95,3 +95,10 @@ def test_report_of_an_empty_store_says_so(tracking_uri, tmp_path, capsys):
     assert main(["report", "demo", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r.html")]) == 2
     assert "no finished runs of dataset 'demo'" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_predict_on_an_empty_folder_says_so(tmp_path, tracking_uri, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--category", "disc", "--tracking-uri", tracking_uri, str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no image files in" in err and "empty" in err
