@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -97,24 +98,26 @@ def cmd_sweep(args) -> int:
     unknown = [k for k in overrides if not any(k in f for f in fields.values())]
     if unknown:
         raise ValueError(f"--set {unknown}: not a parameter of {', '.join(methods)} (see `raybench methods`)")
-    rows = []
+    rows, started_ms = [], int(time.time() * 1000)
     for method in methods:  # one after the other; each sweep runs its categories concurrently
         own = {k: v for k, v in overrides.items() if k in fields[method]}  # e.g. epochs1 is rd's only
         rows = run_sweep(_spec(args, method, trials, gpus, own))
     print("\nLeaderboard (best FINISHED run per category x method):")
     print(format_leaderboard(rows))
-    _print_where_to_look(args)
+    _print_where_to_look(args, started_ms)
     return 0
 
 
-def _print_where_to_look(args) -> None:
-    """The sweep's last lines: how to open the MLflow UI on these runs."""
+def _print_where_to_look(args, since_ms: int) -> None:
+    """The sweep's last lines: how to open the MLflow UI on the runs this command made."""
     from raybench import tracking
+    from raybench.sweep_summary import recent_sweep_ids
     from raybench.ui import where_to_look
     uri = tracking.tracking_uri(args.tracking_uri)
-    exp = tracking.client(uri).get_experiment_by_name(tracking.experiment_name(args.dataset, args.experiment))
+    name = tracking.experiment_name(args.dataset, args.experiment)
+    exp = tracking.client(uri).get_experiment_by_name(name)
     if exp is not None:
-        print("\n" + where_to_look(uri, exp.experiment_id))
+        print("\n" + where_to_look(uri, exp.experiment_id, recent_sweep_ids(uri, name, since_ms)))
 
 
 def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):

@@ -19,6 +19,17 @@ def summary_experiment(experiment_name: str) -> str:
     return f"{experiment_name}-sweeps"
 
 
+def recent_sweep_ids(uri: str, experiment_name: str, since_ms: int) -> list[str]:
+    """The sweeps summarised since `since_ms` (epoch ms), oldest first: what one command ran."""
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(summary_experiment(experiment_name))
+    if exp is None:
+        return []
+    runs = c.search_runs([exp.experiment_id], f"attributes.start_time >= {int(since_ms)}",
+                         order_by=["attributes.start_time ASC"])
+    return [r.data.tags["sweep_id"] for r in runs if "sweep_id" in r.data.tags]
+
+
 def category_studies(results, space, metric: str = METRIC, mode: str = MODE) -> dict:
     """One in-memory Optuna study per category from (config, metrics) pairs in the order the trials
     ran: the sampled parameters (the search space's names) and the metric, or a failed trial."""
@@ -109,5 +120,3 @@ def summarise_sweep(uri: str, experiment_id: str, experiment_name: str, tags: di
         return
     log(f"winners tagged ({WINNER_TAG}=yes) for {len(best)} categor{'y' if len(best) == 1 else 'ies'}; "
         f"sweep charts in MLflow experiment {summary_experiment(experiment_name)!r}, run {run_id}")
-    from raybench.ui import where_to_look
-    log(where_to_look(uri, experiment_id, tags.get("sweep_id")))

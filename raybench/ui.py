@@ -46,12 +46,12 @@ def run_url(base: str, experiment_id: str, run_id: str, artifact: str | None = N
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{tail}?workflowType=machine_learning"
 
 
-def where_to_look(uri: str, experiment_id: str, sweep_id: str | None = None) -> str:
+def where_to_look(uri: str, experiment_id: str, sweep_ids=()) -> str:
     """How to open the UI on this experiment's runs: the command (local store), then the URLs of
-    the sweep's runs (when given) and of each category's winner."""
+    the given sweeps' runs and of each category's winner."""
     base, command = ui_base(uri), ui_command(uri)
     lines = [f"MLflow UI: serve this store with\n  {command}\nthen open" if command else "MLflow UI:"]
-    if sweep_id:
-        lines.append(f"  this sweep's runs       {sweep_url(base, experiment_id, sweep_id)}")
+    for sweep_id in sweep_ids:
+        lines.append(f"  sweep {sweep_id}  {sweep_url(base, experiment_id, sweep_id)}")
     lines.append(f"  each category's winner  {runs_url(base, experiment_id, WINNERS_FILTER)}")
     return "\n".join(lines)

@@ -170,7 +170,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local):
+def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local, capsys):
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
@@ -193,6 +193,17 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local):
                      "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--no-figures"]) == 0
         rows = tracking.leaderboard(uri, "demo")
         assert not any(tracking.client(uri).list_artifacts(r.run_id, "figures") for r in rows)  # --no-figures
+        c = tracking.client(uri)  # each method's sweep logged its charts through the server
+        summaries = c.search_runs([c.get_experiment_by_name("raybench-demo-sweeps").experiment_id])
+        assert sorted(r.data.tags["method"] for r in summaries) == ["patchcore", "rd"]
+        assert all("sweep/leaderboard.png" in {a.path for a in c.list_artifacts(r.info.run_id, "sweep")}
+                   for r in summaries)
+        # the command ends with where to look: this command's two sweeps and the winners, on the server's UI
+        tail = capsys.readouterr().out.strip().splitlines()[-4:]
+        exp_id = c.get_experiment_by_name("raybench-demo").experiment_id
+        sweeps = sorted(r.data.tags["sweep_id"] for r in summaries)
+        assert tail[0] == "MLflow UI:" and f"{uri}/#/experiments/{exp_id}/runs?workflowType=machine_learning" in tail[-1]
+        assert sorted(line.split()[1] for line in tail[1:3]) == sweeps
         assert sorted(r.method for r in rows) == ["patchcore", "rd"]
         det = best_model("weave", method="rd", tracking_uri=uri, device="cpu")
         assert det.method == "rd"

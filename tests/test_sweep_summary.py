@@ -90,3 +90,26 @@ def test_summary_run_holds_leaderboard_and_study_charts(tracking_uri, resume):
                           "sweep/screw/param_importances.png"}
     assert all(size > 3_000 for size in files.values())
     assert tracking.finished_runs(tracking_uri) == []  # a summary run is never on a leaderboard
+
+
+def test_recent_sweeps_and_where_to_look(tracking_uri, tmp_path):
+    import time
+
+    from raybench import ui
+    from raybench.sweep_summary import recent_sweep_ids
+    rows = [_row("bottle", "patchcore", 0.9, 0.8, "a")]
+    log_sweep_summary(tracking_uri, "raybench-demo", {"dataset": "demo", "method": "patchcore", "sweep_id": "old"},
+                      RESULTS[:1], SPACE, rows)
+    since = int(time.time() * 1000) + 5
+    time.sleep(0.05)
+    for sweep_id in ("s1", "s2"):
+        log_sweep_summary(tracking_uri, "raybench-demo", {"dataset": "demo", "method": "rd", "sweep_id": sweep_id},
+                          RESULTS[:1], SPACE, rows)
+    assert recent_sweep_ids(tracking_uri, "raybench-demo", since) == ["s1", "s2"]
+    text = ui.where_to_look(tracking_uri, "7", ["s1"])
+    lines = text.splitlines()
+    assert lines[0] == "MLflow UI: serve this store with" and " ui --backend-store-uri sqlite:///" in lines[1]
+    assert lines[3] == ("  sweep s1  http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+                        "&searchFilter=tags.sweep_id%20%3D%20%27s1%27")
+    assert lines[4].endswith("searchFilter=tags.winner%20%3D%20%27yes%27")
+    assert ui.where_to_look("http://10.0.0.5:5000", "7").splitlines()[0] == "MLflow UI:"
