@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ def _fmt(value: float) -> str:
 
 def run_figures(uri: str, run_id: str, folder: Path) -> dict[str, bytes]:
     """The run's logged figures (name -> PNG bytes); a run swept with --no-figures has none."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file would bury the output
     c = tracking.client(uri)
     names = {Path(a.path).name for a in c.list_artifacts(run_id, figures.FIGURES_DIR)}
     out = {}
