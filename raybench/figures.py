@@ -203,10 +203,11 @@ def render_trial(out_dir, images, masks, labels, scores, maps, image_threshold, 
     ]
 
 
-def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: str = ""):
+def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: str = "",
+                      references: dict | None = None, reference_label: str = "paper"):
     """Grouped bars: categories along x, one bar per method, its value printed on it; `entries`
     are (category, method, value, spread) with spread (a std over seeds) or None; a spread draws
-    an error bar."""
+    an error bar. `references` ((category, method) -> value) draws a black mark on the bar."""
     plt = _plt()
     entries = list(entries)
     categories = sorted({e[0] for e in entries})
@@ -215,12 +216,20 @@ def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: st
     width = 0.8 / max(1, len(methods))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + len(categories) * (0.5 + 0.45 * len(methods))), 4.2))
     x = np.arange(len(categories))
+    labelled = False  # one legend entry for the reference marks
     for j, method in enumerate(methods):
         values = np.array([table.get((c, method), (np.nan, None))[0] for c in categories], dtype=float)
         spreads = [table.get((c, method), (np.nan, None))[1] for c in categories]
         err = None if all(s is None for s in spreads) else np.array([s or 0.0 for s in spreads], dtype=float)
         bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, np.nan_to_num(values), width, yerr=err,
                       capsize=3, label=method)
+        marks = [(bar.get_x() + bar.get_width() / 2, (references or {}).get((c, method)))
+                 for bar, c in zip(bars, categories)]
+        marks = [(x_, v) for x_, v in marks if v is not None]
+        if marks:
+            ax.scatter(*zip(*marks), marker="_", s=max(60, 600 * width), color="black", linewidths=2,
+                       zorder=3, label=None if labelled else reference_label)
+            labelled = True
         for bar, value, spread in zip(bars, values, spreads):
             if np.isfinite(value):
                 ax.text(bar.get_x() + bar.get_width() / 2, value + (spread or 0) + 0.01, f"{value:.3f}", ha="center",

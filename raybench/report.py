@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from raybench import figures, tracking
-from raybench.sweep_summary import winners
+from raybench.sweep_summary import leaderboard_figure, winners
 
 RUN_FIGURES = (figures.OVERLAYS, figures.CURVES, figures.HISTOGRAM)
 
@@ -80,8 +80,7 @@ def build_report(uri: str, dataset: str) -> str:
                      f"<td class='num'>{_fmt(r.pixel_auroc)}</td><td class='num'>{_fmt(r.aupro)}</td>"
                      f"<td class='num'>{r.n_runs}</td><td>{html.escape(r.run_name or r.run_id)}</td></tr>")
     parts.append("</table>")
-    chart = figures.leaderboard_chart([(r.category, r.method, r.image_auroc, None) for r in rows],
-                                      title=f"{dataset}: best test image AUROC per category x method")
+    chart = leaderboard_figure(dataset, rows)
     parts.append(f"<h2>Categories x methods</h2>{_img(_fig_png(chart), 'leaderboard chart')}")
     with tempfile.TemporaryDirectory(prefix="raybench-report-") as tmp:
         for i, r in enumerate(rows):

@@ -77,6 +77,14 @@ def mark_winners(uri: str, experiment_id: str, rows) -> dict:
     return best
 
 
+def leaderboard_figure(dataset: str, rows):
+    """The categories x methods chart of a leaderboard, with the papers' numbers where they exist."""
+    from raybench.references import SOURCE, reference_image_auroc
+    return figures.leaderboard_chart([(r.category, r.method, r.image_auroc, None) for r in rows],
+                                     title=f"{dataset}: best test image AUROC per category x method",
+                                     references=reference_image_auroc(dataset), reference_label=SOURCE)
+
+
 def _summary_run(c, experiment_id: str, tags: dict) -> str:
     found = c.search_runs([experiment_id], f"tags.sweep_id = '{tags['sweep_id']}' and tags.{SUMMARY_TAG} = 'yes'",
                           max_results=1)
@@ -92,9 +100,7 @@ def log_sweep_summary(uri: str, experiment_name: str, tags: dict, results, space
     (every method so far)."""
     c = tracking.client(uri)
     run_id = _summary_run(c, tracking.ensure_experiment(uri, summary_experiment(experiment_name)), tags)
-    charts = {f"{SUMMARY_DIR}/leaderboard.png": figures.leaderboard_chart(
-        [(r.category, r.method, r.image_auroc, None) for r in rows],
-        title=f"{tags.get('dataset', '')}: best test image AUROC per category x method")}
+    charts = {f"{SUMMARY_DIR}/leaderboard.png": leaderboard_figure(tags.get("dataset", ""), rows)}
     for category, study in category_studies(results, space).items():
         for name, fig in figures.study_figures(study).items():
             fig.suptitle(f"{category} {tags.get('method', '')}", fontsize=9)

@@ -111,3 +111,21 @@ def test_predict_overlay_outlines_the_predicted_region_and_writes_the_verdict():
     assert not (calm[20:] == 255).all(axis=-1).any()  # nothing predicted: no outline (below the banner)
     with pytest.raises(ValueError, match="differ in size"):
         figures.predict_overlay(image, amap[:10], 0.1, 0.5, 0.5)
+
+
+def test_leaderboard_chart_marks_the_papers_numbers_on_their_bars():
+    from matplotlib.collections import PathCollection
+
+    from raybench.references import reference_image_auroc
+    refs = reference_image_auroc("mvtec")
+    assert refs[("screw", "patchcore")] == 0.949 and refs[("bottle", "cutswap")] == 0.999
+    assert len(refs) == 45 and len(reference_image_auroc("visa")) == 36 and reference_image_auroc("demo") == {}
+    fig = figures.leaderboard_chart([("bottle", "patchcore", 0.9, None), ("bottle", "rd", 0.8, 0.05),
+                                     ("screw", "patchcore", 0.7, None)], references=refs)
+    ax = fig.axes[0]
+    marks = [c for c in ax.collections if isinstance(c, PathCollection)]
+    ys = sorted(float(y) for c in marks for _, y in c.get_offsets())
+    assert ys == [0.949, 1.0]  # patchcore's two categories; rd has no published number
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.0, 0.7, 0.8, 0.9]  # screw has no rd run: an empty bar
+    figures._plt().close(fig)
