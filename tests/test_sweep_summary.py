@@ -110,6 +110,6 @@ def test_recent_sweeps_and_where_to_look(tracking_uri, tmp_path):
     lines = text.splitlines()
     assert lines[0] == "MLflow UI: serve this store with" and " ui --backend-store-uri sqlite:///" in lines[1]
     assert lines[3] == ("  sweep s1  http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
-                        "&searchFilter=tags.sweep_id%20%3D%20%27s1%27")
-    assert lines[4].endswith("searchFilter=tags.winner%20%3D%20%27yes%27")
+                        "&searchFilter=tags.sweep_id%20%3D%20%27s1%27&orderByKey=metrics.%60image_auroc%60&orderByAsc=false")
+    assert "searchFilter=tags.winner%20%3D%20%27yes%27&" in lines[4]
     assert ui.where_to_look("http://10.0.0.5:5000", "7").splitlines()[0] == "MLflow UI:"
