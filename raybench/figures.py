@@ -252,7 +252,7 @@ def message_figure(text: str, size=(6, 2)):
     return fig
 
 
-def study_figures(study) -> dict:
+def study_figures(study, title: str = "", metric_label: str = "image AUROC") -> dict:
     """Optuna's optimisation history and parameter importances of one study, as figures (name ->
     figure); importances need two finished trials and a searched parameter, else a message says so."""
     import warnings
@@ -263,11 +263,15 @@ def study_figures(study) -> dict:
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        history = ovm.plot_optimization_history(study).figure
+        ax = ovm.plot_optimization_history(study, target_name=metric_label)
+        ax.set_title(f"{title or study.study_name}: optimisation history")
+        history = ax.figure
         history.set_size_inches(6.4, 4)
         history.tight_layout()
         if len(done) >= 2 and any(t.params for t in done):
-            importances = ovm.plot_param_importances(study).figure
+            ax = ovm.plot_param_importances(study, target_name=metric_label)
+            ax.set_title(f"{title or study.study_name}: parameter importances ({metric_label})")
+            importances = ax.figure
             importances.set_size_inches(6.4, max(3.0, 0.4 * len(done[0].params) + 1.5))
             importances.tight_layout()
         else:

@@ -102,8 +102,7 @@ def log_sweep_summary(uri: str, experiment_name: str, tags: dict, results, space
     run_id = _summary_run(c, tracking.ensure_experiment(uri, summary_experiment(experiment_name)), tags)
     charts = {f"{SUMMARY_DIR}/leaderboard.png": leaderboard_figure(tags.get("dataset", ""), rows)}
     for category, study in category_studies(results, space).items():
-        for name, fig in figures.study_figures(study).items():
-            fig.suptitle(f"{category} {tags.get('method', '')}", fontsize=9)
+        for name, fig in figures.study_figures(study, title=f"{category} {tags.get('method', '')}").items():
             charts[f"{SUMMARY_DIR}/{category}/{name}.png"] = fig
     plt = figures._plt()
     for path, fig in charts.items():
