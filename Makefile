@@ -7,11 +7,15 @@ BIN := $(VENV)/bin
 # match torch's ABI; timm imports torchvision).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
+# pip's and setuptools' chatter goes to $(VENV)/setup.log (shown only if setup fails), so it never
+# hides the sweep's leaderboard at the end of `make demo`.
 $(BIN)/raybench: pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[test]" $(TORCH_PINS)
+	@echo "setting up $(VENV) (log: $(VENV)/setup.log) ..."
+	@$(PY) -m venv $(VENV)
+	@{ $(BIN)/pip install -q --disable-pip-version-check --upgrade pip && \
+	   $(BIN)/pip install -q --disable-pip-version-check $(TORCH_PINS) && \
+	   $(BIN)/pip install -q --disable-pip-version-check -e ".[test]" $(TORCH_PINS); } > $(VENV)/setup.log 2>&1 \
+	  || { cat $(VENV)/setup.log; echo "setup failed (log above: $(VENV)/setup.log)"; exit 1; }
 	@touch $@
 
 setup: $(BIN)/raybench

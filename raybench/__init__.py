@@ -27,8 +27,10 @@ def best_model(category: str, dataset: str | None = None, method: str | None = N
         raise LookupError(f"no finished run with a checkpoint for category {category!r}"
                           f"{' (' + where + ')' if where else ''} in {tracking.tracking_uri(tracking_uri)}")
     best = runs[0]
-    det = Detector.load(tracking.download_detector(best, tracking_uri), device=device)
-    det.meta["run_id"] = best.info.run_id
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="raybench-detector-") as tmp:  # loaded into memory, copy removed
+        det = Detector.load(tracking.download_detector(best, tracking_uri, dst=tmp), device=device)
+    det.meta.update(run_id=best.info.run_id, run_name=best.info.run_name)
     return det
 
 

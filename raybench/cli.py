@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -51,11 +52,13 @@ def _add_common(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from raybench.data import DATASETS
+    from raybench import __version__
     parser = argparse.ArgumentParser(prog="raybench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"raybench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", help="tune a method per category and track every trial in MLflow")
-    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("dataset", choices=DATASETS, help="dataset layout (demo is built in)")
     p.add_argument("--data-root", default=None, help="dataset folder (not needed for demo)")
     p.add_argument("--categories", default="all", help="comma list or 'all'")
     p.add_argument("--method", default="patchcore", help="a method, a comma list, or 'all' (see `raybench methods`)")
@@ -64,37 +67,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default: 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions pack several trials on one GPU (default: 1 if the Ray cluster has GPUs, else 0)")
     p.add_argument("--workers", type=_positive_int, default=1, help="Ray Train DDP workers per trial")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the methods and each category's Optuna sampler (default: 0)")
     p.add_argument("--weights", default=None, help="imagenet | random | PATH (demo: random)")
-    p.add_argument("--budget", default="default", choices=("smoke", "default", "paper"))
+    p.add_argument("--budget", default="default", choices=("smoke", "default", "paper"),
+                   help="epochs and sizes: smoke (seconds), default, paper (the papers' settings)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="fix a config field for every trial (repeatable)")
     p.add_argument("--storage", default=None, help="Ray Tune storage (default ./.raybench/ray_results; $RAYBENCH_STORAGE)")
-    p.add_argument("--sweep-id", default=None)
+    p.add_argument("--sweep-id", default=None, help="name this sweep (default: time + random suffix); with --resume, which one")
     p.add_argument("--resume", action="store_true", help="finish the latest (or --sweep-id) sweep")
     p.add_argument("--asha", action="store_true", help="ASHA early stopping (trained methods; epochs as resource)")
-    p.add_argument("--max-concurrent", type=_positive_int, default=None)
+    p.add_argument("--max-concurrent", type=_positive_int, default=None, help="at most this many trials at once (default: as resources allow)")
     p.add_argument("--kind", dest="kinds", action="append", metavar="CATEGORY=object|texture",
                    help="what a category is (default: MVTec AD's texture names are textures, the rest objects); "
                         "synthesis keeps to an object's foreground (repeatable)")
     p.add_argument("--no-register", action="store_true",
                    help="skip registering each category's best run (raybench-<dataset>-<category>@champion)")
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="skip each trial's overlay grid, ROC/PR curves and score histogram (MLflow artifacts)")
 
     p = sub.add_parser("leaderboard", help="best image/pixel AUROC per category x method")
-    p.add_argument("dataset", nargs="?", default=None)
+    p.add_argument("dataset", nargs="?", default=None, help="only this dataset's experiment (default: every raybench-* experiment)")
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with the best model of a category")
     p.add_argument("images", nargs="+", help="image files or folders of them")
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--category", required=True)
-    p.add_argument("--method", default=None)
+    p.add_argument("--dataset", default=None, help="take the best run of this dataset only (default: any)")
+    p.add_argument("--category", required=True, help="the product category whose best model scores the images")
+    p.add_argument("--method", default=None, help="take the best run of this method only (default: any)")
     p.add_argument("--out", default=None,
-                   help="folder for anomaly maps at each image's size (.npy, .png) and defect masks (_mask.png)")
+                   help="folder for anomaly maps at each image's size (.npy, .png), defect masks (_mask.png) "
+                        "and colour overlays (_overlay.png: heat map, predicted outline, score and verdict)")
+    _add_common(p)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: leaderboard, charts, the best runs' overlays")
+    p.add_argument("dataset", help="the dataset whose experiment (raybench-DATASET) to report")
+    p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
     _add_common(p)
 
     p = sub.add_parser("methods", help="list methods and their config fields")
@@ -142,7 +154,7 @@ def cmd_sweep(args) -> int:
     unknown = [k for k in overrides if not any(k in f for f in fields.values())]
     if unknown:
         raise ValueError(f"--set {unknown}: not a parameter of {', '.join(methods)} (see `raybench methods`)")
-    rows, failed, total = [], 0, 0
+    rows, failed, total, started_ms = [], 0, 0, int(time.time() * 1000)
     for method in methods:  # one after the other; each sweep runs its categories concurrently
         own = {k: v for k, v in overrides.items() if k in fields[method]}  # e.g. epochs1 is rd's only
         rows = run_sweep(_spec(args, method, trials, gpus, own))
@@ -155,11 +167,24 @@ def cmd_sweep(args) -> int:
         for reg in register(args.dataset, sorted({r.category for r in rows}), args.tracking_uri,
                             experiment=args.experiment):
             print(f"  {reg}")
+    _print_where_to_look(args, started_ms)
     if failed:
         print(f"raybench: {failed} of {total} trial(s) FAILED (each run's `error` tag in MLflow says why)",
               file=sys.stderr)
         return EXIT_TRIALS_FAILED
     return EXIT_OK
+
+
+def _print_where_to_look(args, since_ms: int) -> None:
+    """The sweep's last lines: how to open the MLflow UI on the runs this command made."""
+    from raybench import tracking
+    from raybench.sweep_summary import recent_sweep_ids
+    from raybench.ui import where_to_look
+    uri = tracking.tracking_uri(args.tracking_uri)
+    name = tracking.experiment_name(args.dataset, args.experiment)
+    exp = tracking.client(uri).get_experiment_by_name(name)
+    if exp is not None:
+        print("\n" + where_to_look(uri, exp.experiment_id, recent_sweep_ids(uri, name, since_ms)))
 
 
 def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
@@ -171,12 +196,20 @@ def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
         gpus_per_trial=gpus, workers=args.workers, seed=args.seed, weights=args.weights,
         budget=args.budget, overrides=overrides, storage=args.storage,
         sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent,
-        kinds=parse_kinds(args.kinds))
+        kinds=parse_kinds(args.kinds), figures=args.figures)
 
 
 def cmd_leaderboard(args) -> int:
-    from raybench.tracking import format_leaderboard, leaderboard
-    print(format_leaderboard(leaderboard(args.tracking_uri, args.dataset)))
+    from raybench.tracking import format_leaderboard, leaderboard, require_existing_store
+    print(format_leaderboard(leaderboard(require_existing_store(args.tracking_uri), args.dataset)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raybench.report import write_report
+    from raybench.tracking import require_existing_store
+    path = write_report(require_existing_store(args.tracking_uri), args.dataset, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; opens offline: file://{path.resolve()})")
     return 0
 
 
@@ -196,11 +229,16 @@ def cmd_predict(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from raybench import best_model
-    from raybench.data.io import read_image
+    from raybench import best_model, figures
+    from raybench.data.io import IMAGE_SUFFIXES, read_image
     from raybench.errors import DatasetError
+    from raybench.tracking import require_existing_store
+    paths = image_paths(args.images)
+    if not paths:  # before loading any model
+        raise ValueError(f"no image files in {', '.join(args.images)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     try:
-        det = best_model(args.category, dataset=args.dataset, method=args.method, tracking_uri=args.tracking_uri)
+        det = best_model(args.category, dataset=args.dataset, method=args.method,
+                         tracking_uri=require_existing_store(args.tracking_uri))
     except LookupError as err:
         print(f"raybench: error: {err}", file=sys.stderr)
         return EXIT_NO_MODEL
@@ -208,7 +246,9 @@ def cmd_predict(args) -> int:
     if out:
         out.mkdir(parents=True, exist_ok=True)
     image_cut, pixel_cut = det.image_threshold, det.pixel_threshold
-    paths, chunk, scored, unreadable = image_paths(args.images), 32, 0, 0
+    print(f"model: {det.method} for {args.category}, MLflow run {det.meta.get('run_name') or ''} "
+          f"({det.meta.get('run_id')}); image cut {image_cut}, pixel cut {pixel_cut}", file=sys.stderr)
+    chunk, scored, unreadable = 32, 0, 0
     for start in range(0, len(paths), chunk):  # results appear as they come
         batch = []
         for path in paths[start:start + chunk]:  # each file read once; a bad one is named and skipped
@@ -220,7 +260,7 @@ def cmd_predict(args) -> int:
         if not batch:
             continue
         scores, maps = det.predict([image for _, image in batch], batch_size=chunk, map_size="input")
-        for (path, _), score, amap in zip(batch, scores, maps):
+        for (path, image), score, amap in zip(batch, scores, maps):
             verdict = "?" if image_cut is None else ("anomalous" if score >= image_cut else "normal")
             print(f"{score:.6f}\t{verdict}\t{path}", flush=True)
             if out:
@@ -231,6 +271,7 @@ def cmd_predict(args) -> int:
                 Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8)).save(out / f"{stem}_map.png")
                 if pixel_cut is not None:
                     Image.fromarray(((amap >= pixel_cut) * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
+                figures.predict_overlay(image, amap, score, image_cut, pixel_cut).save(out / f"{stem}_overlay.png")
             scored += 1
     if unreadable:
         print(f"{unreadable} file(s) could not be read (listed above); {scored} scored", file=sys.stderr)
@@ -299,7 +340,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
                "methods": cmd_methods, "export": cmd_export,
-               "register": cmd_register, "serve": cmd_serve}[args.command]
+               "register": cmd_register, "serve": cmd_serve, "report": cmd_report}[args.command]
     try:
         return handler(args)
     except SweepInterrupted as err:

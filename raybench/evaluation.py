@@ -46,15 +46,18 @@ def load_test_set(category: Category, size: int, excluded=()) -> tuple[torch.Ten
 
 
 def evaluate_scorer(scorer, category: Category, device, excluded=(), batch_size: int = 32,
-                    full: bool = True, test_set=None) -> dict:
+                    full: bool = True, test_set=None, predictions: dict | None = None) -> dict:
     """Metrics on the category's test set; pass `test_set` (from load_test_set) to score the same
-    images repeatedly without reading them again."""
+    images repeatedly without reading them again. A `predictions` dict is filled with what was
+    scored (images, masks, labels, scores, maps) for the trial's figures."""
     images, masks, labels = test_set if test_set is not None else load_test_set(category, scorer.image_size, excluded)
     synchronize(device)
     start = time.perf_counter()
     scores, maps = score_images(scorer, images, batch_size, device)
     seconds = time.perf_counter() - start
     metrics = evaluate_predictions(labels, scores, masks, maps, full=full)
+    if predictions is not None:
+        predictions.update(images=images, masks=masks, labels=labels, scores=scores, maps=maps)
     metrics.update({
         "inference_seconds": seconds,
         "inference_images_per_second": len(labels) / max(seconds, 1e-9),

@@ -14,7 +14,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from raybench import tracking
-from raybench.trial import DETECTOR_DIR, ERROR_REPORT
+from raybench.trial import DETECTOR_DIR, ERROR_REPORT, FIGURES_DIR
 
 INTERRUPTED = ("interrupted: the sweep stopped before this trial ended "
                "(`raybench sweep ... --resume` reruns it)")
@@ -117,6 +117,8 @@ class MLflowTrialLogger(Callback):
         if checkpoint is not None and result.get("final"):
             with checkpoint.as_directory() as folder:
                 self.client.log_artifacts(run_id, str(Path(folder) / DETECTOR_DIR), "detector")
+                if (Path(folder) / FIGURES_DIR).is_dir():  # PNGs the trial rendered (--no-figures: none)
+                    self.client.log_artifacts(run_id, str(Path(folder) / FIGURES_DIR), FIGURES_DIR)
             self.client.set_tag(run_id, "checkpoint", "yes")
         else:
             self.client.set_tag(run_id, "checkpoint", "no")

@@ -27,6 +27,7 @@ from raybench.data import load_dataset, validate_category
 from raybench.errors import ConfigError, SweepInterrupted
 from raybench.local_ray import start_local_ray
 from raybench.methods.base import BUDGETS, get_method
+from raybench.progress import ProgressLine
 from raybench.run_logger import INTERRUPTED, MLflowTrialLogger, close_interrupted_runs
 from raybench.search_space import SearchSpace, load_search_space
 from raybench.trial import TrialContext, build_config, quiet_ray_logs, run_trial
@@ -61,6 +62,7 @@ class SweepSpec:
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a trial whose node or worker died
     kinds: dict = field(default_factory=dict)  # category -> "object" | "texture" (--kind)
+    figures: bool = True  # each trial's overlays, curves and histogram as MLflow artifacts
 
 
 class SweepOutcome(list):
@@ -228,7 +230,8 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     ctx = TrialContext(spec.dataset, spec.data_root, spec.method, base, overrides, spec.workers,
-                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained, kinds=dict(spec.kinds))
+                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained, kinds=dict(spec.kinds),
+                       figures=spec.figures)
     if spec.workers > 1:
         resources = {"cpu": 0.1}  # the trial only drives a TorchTrainer; its workers hold the devices
     else:
@@ -259,14 +262,14 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
                                         max_concurrent_trials=spec.max_concurrent),
             run_config=tune.RunConfig(
-                name=run_name, storage_path=root, callbacks=[logger], verbose=0,
+                name=run_name, storage_path=root, callbacks=[logger, ProgressLine(total)], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     random.seed(spec.seed)
     quiet_ray_logs()
     with own_resume_hint():
-        tuner.fit()
+        results = tuner.fit()
     # MLflow holds each trial's fate, across resumes too: FINISHED, FAILED with its error, or
     # FAILED as interrupted (Tune itself ends the trials it cut off as TERMINATED)
     outcome = sweep_outcome(uri, experiment_id, sweep_id, spec.method)
@@ -275,8 +278,10 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         raise SweepInterrupted(
             f"sweep {sweep_id} interrupted: {ended} of {total} trial(s) ended; finish it with the same "
             f"command plus `--resume --sweep-id {shlex.quote(sweep_id)}`")
-    return SweepOutcome(tracking.leaderboard(uri, experiment=exp_name), sweep_id=sweep_id, total=total,
-                        failed=outcome["FAILED"])
+    rows = tracking.leaderboard(uri, experiment=exp_name)
+    from raybench.sweep_summary import summarise_sweep
+    summarise_sweep(uri, experiment_id, exp_name, tags, results, space, rows, log)  # winner tags, the sweep's charts
+    return SweepOutcome(rows, sweep_id=sweep_id, total=total, failed=outcome["FAILED"])
 
 
 def sweep_outcome(uri: str, experiment_id: str, sweep_id: str, method: str) -> dict:

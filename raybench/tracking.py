@@ -16,6 +16,8 @@ from pathlib import Path
 from raybench.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow 3's UI opens an untyped experiment on its GenAI overview; this type opens the runs table
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 EXPERIMENT_PREFIX = "raybench-"
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
 THRESHOLDS = ("image_threshold", "pixel_threshold")  # F1-max cuts; the Detector keeps them too
@@ -60,6 +62,18 @@ def _check_sqlite_file(uri: str, db: Path) -> None:
                             f"({type(err).__name__}: {err}); pass --tracking-uri sqlite:///WRITABLE/PATH/mlflow.db") from None
 
 
+def require_existing_store(uri: str | None) -> str:
+    """For read-only commands: a sqlite store that is not there is an error (opening it would
+    create an empty mlflow.db and report 'no runs')."""
+    uri = tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).expanduser()
+        if not db.is_file():
+            raise TrackingError(f"MLflow store {uri}: {db.resolve()} does not exist (run `raybench sweep` "
+                                f"first, or pass --tracking-uri / set MLFLOW_TRACKING_URI)")
+    return uri
+
+
 def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
     """Refuse to start a sweep whose results could not be recorded."""
     uri = tracking_uri(uri)
@@ -84,9 +98,12 @@ def ensure_experiment(uri: str, name: str) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri(uri)))
+        return c.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri(uri)),
+                                   tags=dict([EXPERIMENT_KIND]))
     except Exception:
         exp = c.get_experiment_by_name(name)  # created concurrently
         if exp is None:
@@ -175,6 +192,7 @@ class LeaderboardRow:
     aupro: float
     n_runs: int
     run_id: str
+    run_name: str = ""  # what the MLflow UI shows for the run
 
 
 def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: str | None = None) -> list[LeaderboardRow]:
@@ -190,18 +208,18 @@ def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: 
         best = (with_model or runs)[0]
         m = best.data.metrics
         rows.append(LeaderboardRow(*key, m.get("image_auroc", math.nan), m.get("pixel_auroc", math.nan),
-                                   m.get("aupro", math.nan), len(runs), best.info.run_id))
+                                   m.get("aupro", math.nan), len(runs), best.info.run_id, best.info.run_name or ""))
     return sorted(rows, key=lambda r: (r.dataset, r.category, -r.image_auroc))
 
 
 def format_leaderboard(rows: list[LeaderboardRow]) -> str:
     if not rows:
         return "(no finished runs)"
-    head = f"{'dataset':<10} {'category':<16} {'method':<14} {'img AUROC':>9} {'pix AUROC':>9} {'AUPRO':>7} {'runs':>5}  run"
+    head = f"{'dataset':<10} {'category':<16} {'method':<14} {'img AUROC':>9} {'pix AUROC':>9} {'AUPRO':>7} {'runs':>5}  run (MLflow run name)"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.dataset:<10} {r.category:<16} {r.method:<14} {r.image_auroc:>9.4f} "
-                     f"{r.pixel_auroc:>9.4f} {r.aupro:>7.4f} {r.n_runs:>5}  {r.run_id[:8]}")
+                     f"{r.pixel_auroc:>9.4f} {r.aupro:>7.4f} {r.n_runs:>5}  {r.run_name or r.run_id[:8]}")
     return "\n".join(lines)
 
 

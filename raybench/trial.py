@@ -19,6 +19,7 @@ from raybench.data import load_dataset
 from raybench.detector import Detector
 from raybench.errors import RaybenchError
 from raybench.evaluation import evaluate_scorer, load_test_set
+from raybench.figures import FIGURES_DIR
 from raybench.methods.base import get_method
 from raybench.models.common import pick_device
 from raybench.search_space import decode_params
@@ -37,6 +38,7 @@ class TrialContext:
     gpus_per_trial: float
     report_epochs: bool
     kinds: dict = field(default_factory=dict)  # category -> object | texture, set by the user
+    figures: bool = True  # overlay grid, curves, histogram beside the checkpoint (raybench.figures)
 
 
 def build_config(method: str, base: dict, sampled: dict, overrides: dict):
@@ -67,14 +69,15 @@ def _finite(value) -> float | None:
 
 
 def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
-                     evaluate: bool = True) -> tuple[dict, Detector]:
+                     evaluate: bool = True, predictions: dict | None = None) -> tuple[dict, Detector]:
     from raybench.methods.base import Parallel
     spec = get_method(ctx.method)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     result = spec.fit(config, category, device, on_epoch=on_epoch)
     fit_seconds = time.perf_counter() - start
-    metrics = evaluate_scorer(result.scorer, category, device, result.excluded_test) if evaluate else {}
+    metrics = (evaluate_scorer(result.scorer, category, device, result.excluded_test, predictions=predictions)
+               if evaluate else {})
     metrics.update(fit_seconds=fit_seconds, workers=Parallel.world_size())
     meta = {"dataset": ctx.dataset, "category": category.name, "excluded_test": result.excluded_test,
             "eval_resolution": result.scorer.image_size, "info": result.info,
@@ -91,12 +94,23 @@ RESULT_FILE, DETECTOR_DIR = "result.json", "detector"
 DETERMINISTIC_ERRORS = (RaybenchError, ValueError, TypeError)
 
 
-def _report_with_checkpoint(metrics: dict, detector: Detector, config) -> None:
+def _render_figures(folder: Path, predictions: dict, metrics: dict, title: str) -> None:
+    from raybench import figures
+    p = predictions
+    figures.render_trial(folder, p["images"], p["masks"], p["labels"], p["scores"], p["maps"],
+                         metrics.get("image_threshold"), metrics.get("pixel_threshold"), title=title)
+
+
+def _report_with_checkpoint(metrics: dict, detector: Detector, config, predictions: dict | None = None) -> None:
     """The final report: metrics plus a checkpoint holding the Detector and those same metrics,
-    so a trial restored from it (after a driver or node died) reports again without refitting."""
+    so a trial restored from it (after a driver or node died) reports again without refitting;
+    with `predictions`, the evaluation's figures too (the driver logs them to MLflow)."""
     final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1}
     with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as tmp:
         detector.save(Path(tmp) / DETECTOR_DIR)
+        if predictions:
+            _render_figures(Path(tmp) / FIGURES_DIR, predictions, metrics,
+                            f"{detector.meta['category']} {detector.method}")
         (Path(tmp) / RESULT_FILE).write_text(json.dumps(final))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -135,6 +149,7 @@ def _fit_trial(params: dict, ctx: TrialContext) -> None:
     params = dict(params)
     category_name = params.pop("category")
     config = build_config(ctx.method, ctx.base, decode_params(params), ctx.overrides)
+    predictions = {} if ctx.figures and ctx.workers <= 1 else None  # DDP trials: no figures yet
     if ctx.workers > 1:  # each Ray Train worker loads the category itself
         metrics, detector = _fit_distributed(ctx, config, category_name)
     else:
@@ -142,10 +157,10 @@ def _fit_trial(params: dict, ctx: TrialContext) -> None:
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
         device = pick_device()
         reporter = EpochReporter(category, device) if ctx.report_epochs else None
-        metrics, detector = fit_and_evaluate(ctx, config, category, device, reporter)
+        metrics, detector = fit_and_evaluate(ctx, config, category, device, reporter, predictions=predictions)
         if reporter is not None:  # the final metrics land on the last epoch's step, after it
             metrics["epoch"] = reporter.epochs
-    _report_with_checkpoint(metrics, detector, config)
+    _report_with_checkpoint(metrics, detector, config, predictions)
 
 
 def _train_worker(loop_config: dict) -> None:

@@ -37,7 +37,7 @@ def finished_sweep(tmp_path_factory, demo_root, ray_local):
 
 
 def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(finished_sweep):
-    uri, rows, _ = finished_sweep
+    uri, rows, tmp = finished_sweep
     c = tracking.client(uri)
     exp = c.get_experiment_by_name("raybench-demo")
     runs = c.search_runs([exp.experiment_id])
@@ -52,7 +52,29 @@ def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(fini
             assert math.isfinite(run.data.metrics[m]), m
         files = {a.path for a in c.list_artifacts(run.info.run_id, "detector")}
         assert files == {"detector/detector.json", "detector/weights.safetensors"}
+        pictures = {a.path: a.file_size for a in c.list_artifacts(run.info.run_id, "figures")}
+        assert set(pictures) == {"figures/overlays.png", "figures/curves.png", "figures/score_histogram.png"}
+        assert all(size > 5_000 for size in pictures.values())
+        local = c.download_artifacts(run.info.run_id, "figures/overlays.png", str(tmp / run.info.run_id))
+        assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {(r.category, r.method, r.n_runs) for r in rows} == {("stripes", "patchcore", 2), ("disc", "patchcore", 2)}
+
+
+def test_the_sweep_tags_winners_and_logs_its_charts(finished_sweep):
+    uri, rows, _ = finished_sweep
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("raybench-demo")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+    winners = c.search_runs([exp.experiment_id], "tags.winner = 'yes'")
+    assert sorted(r.data.tags["category"] for r in winners) == ["disc", "stripes"]
+    for run in winners:
+        assert run.info.run_id == best_model(run.data.tags["category"], tracking_uri=uri).meta["run_id"]
+    summary_exp = c.get_experiment_by_name("raybench-demo-sweeps")
+    (summary,) = c.search_runs([summary_exp.experiment_id])
+    charts = {a.path for folder in ("sweep", "sweep/disc", "sweep/stripes")
+              for a in c.list_artifacts(summary.info.run_id, folder) if not a.is_dir}
+    assert charts == {"sweep/leaderboard.png"} | {f"sweep/{cat}/{name}.png" for cat in ("disc", "stripes")
+                                                  for name in ("optimization_history", "param_importances")}
 
 
 def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, demo_root):
@@ -88,6 +110,8 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
     assert amap.shape == (side, side)
     mask = np.asarray(Image.open(tmp_path / "maps" / f"000_{Path(images[0]).stem}_mask.png"))
     assert np.array_equal(mask > 0, amap >= det.pixel_threshold)
+    with Image.open(tmp_path / "maps" / f"000_{Path(images[0]).stem}_overlay.png") as overlay:
+        assert overlay.size == Image.open(images[0]).size and overlay.mode == "RGB"
     # a folder of new images with one broken file: the rest are scored, the broken one is named
     folder = tmp_path / "incoming"
     folder.mkdir()
@@ -146,7 +170,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local):
+def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local, capsys):
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
@@ -166,8 +190,20 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local):
         # the CLI, two methods in one command, through the server
         assert main(["sweep", "demo", "--data-root", str(demo_root), "--categories", "weave", "--trials", "1",
                      "--method", "patchcore,rd", "--budget", "smoke", "--set", "epochs1=1",
-                     "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
+                     "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--no-figures"]) == 0
         rows = tracking.leaderboard(uri, "demo")
+        assert not any(tracking.client(uri).list_artifacts(r.run_id, "figures") for r in rows)  # --no-figures
+        c = tracking.client(uri)  # each method's sweep logged its charts through the server
+        summaries = c.search_runs([c.get_experiment_by_name("raybench-demo-sweeps").experiment_id])
+        assert sorted(r.data.tags["method"] for r in summaries) == ["patchcore", "rd"]
+        assert all("sweep/leaderboard.png" in {a.path for a in c.list_artifacts(r.info.run_id, "sweep")}
+                   for r in summaries)
+        # the command ends with where to look: this command's two sweeps and the winners, on the server's UI
+        tail = capsys.readouterr().out.strip().splitlines()[-4:]
+        exp_id = c.get_experiment_by_name("raybench-demo").experiment_id
+        sweeps = sorted(r.data.tags["sweep_id"] for r in summaries)
+        assert tail[0] == "MLflow UI:" and f"{uri}/#/experiments/{exp_id}/runs?workflowType=machine_learning" in tail[-1]
+        assert sorted(line.split()[1] for line in tail[1:3]) == sweeps
         assert sorted(r.method for r in rows) == ["patchcore", "rd"]
         det = best_model("weave", method="rd", tracking_uri=uri, device="cpu")
         assert det.method == "rd"

@@ -1,0 +1,107 @@
+"""`raybench report DATASET --out report.html`: one self-contained HTML page of a dataset's results
+(leaderboard, the categories x methods chart, the best runs' overlays, curves and histograms) that
+opens from a file with no server: every image is inlined as base64, nothing links outside."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from raybench import figures, tracking
+from raybench.sweep_summary import leaderboard_figure, winners
+
+RUN_FIGURES = (figures.OVERLAYS, figures.CURVES, figures.HISTOGRAM)
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;font-size:14px}th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tr.winner{background:#eaf6ea}
+img{max-width:100%;border:1px solid #eee}.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+.figs img{max-width:560px}h2{margin-top:2em;border-bottom:2px solid #444}.muted{color:#777}
+"""
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="{_data_uri(png)}">'
+
+
+def _fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    figures._plt().close(fig)
+    return buf.getvalue()
+
+
+def _fmt(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def run_figures(uri: str, run_id: str, folder: Path) -> dict[str, bytes]:
+    """The run's logged figures (name -> PNG bytes); a run swept with --no-figures has none."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file would bury the output
+    c = tracking.client(uri)
+    names = {Path(a.path).name for a in c.list_artifacts(run_id, figures.FIGURES_DIR)}
+    out = {}
+    for name in RUN_FIGURES:
+        if name in names:
+            local = c.download_artifacts(run_id, f"{figures.FIGURES_DIR}/{name}", str(folder))
+            out[name] = Path(local).read_bytes()
+    return out
+
+
+def build_report(uri: str, dataset: str) -> str:
+    """The page as a string. Refuses a dataset with no finished run (nothing to show)."""
+    uri = tracking.tracking_uri(uri)
+    rows = tracking.leaderboard(uri, dataset)
+    if not rows:
+        raise LookupError(f"no finished runs of dataset {dataset!r} in {uri} (run `raybench sweep {dataset}` first)")
+    best = {row.run_id for row in winners(rows).values()}
+    title = f"raybench: {dataset}"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p class='muted'>MLflow store {html.escape(uri)}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+             "Metrics are on each run's test split; the highlighted row is each category's winner "
+             "(MLflow tag <code>winner=yes</code>).</p>",
+             "<h2>Leaderboard</h2><table><tr><th>category</th><th>method</th><th>image AUROC</th>"
+             "<th>pixel AUROC</th><th>AUPRO</th><th>runs</th><th>MLflow run</th></tr>"]
+    for r in rows:
+        parts.append(f"<tr class='{'winner' if r.run_id in best else ''}'><td>{html.escape(r.category)}</td>"
+                     f"<td>{html.escape(r.method)}</td><td class='num'>{_fmt(r.image_auroc)}</td>"
+                     f"<td class='num'>{_fmt(r.pixel_auroc)}</td><td class='num'>{_fmt(r.aupro)}</td>"
+                     f"<td class='num'>{r.n_runs}</td><td>{html.escape(r.run_name or r.run_id)}</td></tr>")
+    parts.append("</table>")
+    chart = leaderboard_figure(dataset, rows)
+    parts.append(f"<h2>Categories x methods</h2>{_img(_fig_png(chart), 'leaderboard chart')}")
+    with tempfile.TemporaryDirectory(prefix="raybench-report-") as tmp:
+        for i, r in enumerate(rows):
+            parts.append(f"<h2>{html.escape(r.category)} · {html.escape(r.method)}"
+                         f"{' (winner)' if r.run_id in best else ''}</h2>"
+                         f"<p class='muted'>run {html.escape(r.run_name or '')} ({r.run_id}); image AUROC "
+                         f"{_fmt(r.image_auroc)}, pixel AUROC {_fmt(r.pixel_auroc)}</p>")
+            pngs = run_figures(uri, r.run_id, Path(tmp) / str(i))
+            if pngs:
+                parts.append("<div class='figs'>" + "".join(_img(png, f"{r.category} {r.method} {name}")
+                                                            for name, png in pngs.items()) + "</div>")
+            else:
+                parts.append("<p class='muted'>no figures logged for this run (swept with --no-figures, "
+                             "or before raybench logged them)</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(uri: str | None, dataset: str, out: str | Path) -> Path:
+    out = Path(out)
+    page = build_report(uri, dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
