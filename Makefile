@@ -11,7 +11,7 @@ $(BIN)/raybench: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[test]" $(TORCH_PINS)
+	$(BIN)/pip install -q -e ".[test,weights]" $(TORCH_PINS)
 	@touch $@
 
 setup: $(BIN)/raybench

@@ -17,7 +17,7 @@ from raybench.config import from_dict, to_dict
 from raybench.data import load_dataset
 from raybench.detector import Detector
 from raybench.evaluation import evaluate_scorer, load_test_set
-from raybench.methods.base import get_method
+from raybench.methods.base import get_method, provenance
 from raybench.models.common import pick_device
 from raybench.search_space import decode_params
 
@@ -75,6 +75,7 @@ def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
     metrics.update(fit_seconds=fit_seconds, workers=Parallel.world_size())
     meta = {"dataset": ctx.dataset, "category": category.name, "excluded_test": result.excluded_test,
             "eval_resolution": result.scorer.image_size, "info": result.info,
+            "provenance": provenance(config, result.scorer),  # weights source, input normalisation
             # the Detector's verdicts: F1-max cuts on this test split (see Detector.image_threshold)
             "image_threshold": _finite(metrics.get("image_threshold")),
             "pixel_threshold": _finite(metrics.get("pixel_threshold"))}
@@ -87,7 +88,8 @@ RESULT_FILE, DETECTOR_DIR = "result.json", "detector"
 def _report_with_checkpoint(metrics: dict, detector: Detector, config) -> None:
     """The final report: metrics plus a checkpoint holding the Detector and those same metrics,
     so a trial restored from it (after a driver or node died) reports again without refitting."""
-    final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1}
+    final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1,
+             "raybench_provenance": json.dumps(detector.meta.get("provenance", {}))}
     with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as tmp:
         detector.save(Path(tmp) / DETECTOR_DIR)
         (Path(tmp) / RESULT_FILE).write_text(json.dumps(final))

