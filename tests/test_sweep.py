@@ -114,10 +114,24 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
 def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(tmp_path, demo_root, ray_local):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rows = run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=1,
-                              overrides={"layers": ["layer9"]}, max_failures=0))
+                              overrides={"batch_size": 0}, max_failures=0))  # builds, fails in fit
     assert rows == []
     (run,) = tracking.client(uri).search_runs([tracking.client(uri).get_experiment_by_name("raybench-demo").experiment_id])
-    assert run.info.status == "FAILED" and "layer9" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "must not be zero" in run.data.tags["error"]
+
+
+def test_a_config_the_model_cannot_be_built_from_fails_before_any_trial(tmp_path, demo_root):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ValueError, match="unknown layer 'layer9'"):
+        run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=1, overrides={"layers": ["layer9"]}))
+    assert not (tmp_path / "ray").exists()  # the pre-flight build stopped it
+    from raybench.errors import WeightsError
+    bad = tmp_path / "saliency.safetensors"
+    bad.write_bytes(b"\x00" * 16)
+    with pytest.raises(WeightsError, match="saliency.safetensors cannot be read"):  # cutswap's saliency net too
+        run_sweep(spec_for(tmp_path, demo_root, uri, method="cutswap", categories="stripes", trials=1,
+                           overrides={"saliency_weights": str(bad)}))
+    assert not (tmp_path / "ray").exists()
 
 
 def test_bad_inputs_stop_the_sweep_before_any_trial(tmp_path, demo_root, mvtec_root, ray_local):

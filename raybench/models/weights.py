@@ -121,10 +121,14 @@ def packaged_weights_file(name: str) -> Path | None:
     cached = cache_dir() / f"{name}-{PACKAGED[name].sha256[:12]}.safetensors"
     if not cached.is_file():
         converted = convert_packaged(name, path)
-        cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(f".{os.getpid()}.part")
-        save_file(converted, str(partial))
-        os.replace(partial, cached)  # atomic: concurrent trials never read half a file
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            save_file(converted, str(partial))
+            os.replace(partial, cached)  # atomic: concurrent trials never read half a file
+        except OSError as err:
+            raise WeightsError(f"cannot write the converted {name} weights to {cached.parent} ({err}); "
+                               f"point $RAYBENCH_CACHE at a writable folder") from None
     return cached
 
 
@@ -181,8 +185,12 @@ def create_timm_model(name: str, weights: str, **kwargs) -> nn.Module:
         if packaged is not None:
             # timm loads the file like its own pretrained weights (dropping the head for
             # features_only / num_classes=0); the strict check ran when the file was converted
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(packaged)},
-                                     **kwargs)
+            try:
+                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(packaged)},
+                                         **kwargs)
+            except Exception as err:  # a damaged cache file: say which, and how to rebuild it
+                raise WeightsError(f"cached weights {packaged} cannot be loaded ({type(err).__name__}: "
+                                   f"{str(err)[:200]}); delete it and it is rebuilt from the package") from None
         try:
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as err:  # hub unreachable, no weights for this name, ...
