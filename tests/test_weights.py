@@ -56,7 +56,7 @@ def test_packaged_weights_map_one_to_one_onto_timm_and_are_cached(cache, monkeyp
     assert torch.equal(extractor.model.conv_stem.weight, source["_conv_stem.weight"])
     assert extractor.channels == [40, 112] and extractor.reductions == [8, 16]  # layer2/3: stride 8/16
     cached.write_bytes(b"damaged")
-    with pytest.raises(WeightsError, match="cannot be loaded.*delete it and it is rebuilt"):
+    with pytest.raises(WeightsError, match="cannot be read.*delete it and it is rebuilt"):
         create_timm_model(LITE0, "imagenet")
 
 

@@ -183,14 +183,12 @@ def create_timm_model(name: str, weights: str, **kwargs) -> nn.Module:
     if weights == "imagenet":
         packaged = packaged_weights_file(name)
         if packaged is not None:
-            # timm loads the file like its own pretrained weights (dropping the head for
-            # features_only / num_classes=0); the strict check ran when the file was converted
+            model = timm.create_model(name, pretrained=False, **kwargs)
             try:
-                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(packaged)},
-                                         **kwargs)
-            except Exception as err:  # a damaged cache file: say which, and how to rebuild it
-                raise WeightsError(f"cached weights {packaged} cannot be loaded ({type(err).__name__}: "
-                                   f"{str(err)[:200]}); delete it and it is rebuilt from the package") from None
+                state = load_state_file(packaged)
+            except WeightsError as err:  # a damaged cache file: say which, and how to rebuild it
+                raise WeightsError(f"{err}; delete it and it is rebuilt from the package") from None
+            return _load_into(model, state, name, packaged)
         try:
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as err:  # hub unreachable, no weights for this name, ...
@@ -199,13 +197,18 @@ def create_timm_model(name: str, weights: str, **kwargs) -> nn.Module:
                 f"{str(err)[:200]}). {OFFLINE_HINT}. Or pass --weights PATH to a local timm weights file, "
                 f"or --weights random to train on randomly initialised features on purpose.") from None
     model = timm.create_model(name, pretrained=False, **kwargs)
-    state = load_state_file(weights)
+    return _load_into(model, load_state_file(weights), name, weights)
+
+
+def _load_into(model: nn.Module, state: dict, name: str, source) -> nn.Module:
+    """Every tensor of `model` from `state`, strictly (a features_only or headless model simply
+    takes fewer of the file's tensors); a missing or misshapen one is a WeightsError."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
              if k in state and state[k].shape != own[k].shape]
     if missing or wrong:
-        raise WeightsError(f"weights file {weights} does not fit {name!r}: "
+        raise WeightsError(f"weights file {source} does not fit {name!r}: "
                            f"{len(missing)} missing (e.g. {missing[:3]}), {len(wrong)} of the wrong shape "
                            f"(e.g. {wrong[:3]})")
     model.load_state_dict({k: state[k] for k in own}, strict=True)
