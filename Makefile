@@ -14,7 +14,7 @@ $(BIN)/raybench: pyproject.toml
 	@$(PY) -m venv $(VENV)
 	@{ $(BIN)/pip install -q --disable-pip-version-check --upgrade pip && \
 	   $(BIN)/pip install -q --disable-pip-version-check $(TORCH_PINS) && \
-	   $(BIN)/pip install -q --disable-pip-version-check -e ".[test]" $(TORCH_PINS); } > $(VENV)/setup.log 2>&1 \
+	   $(BIN)/pip install -q --disable-pip-version-check -e ".[test,weights]" $(TORCH_PINS); } > $(VENV)/setup.log 2>&1 \
 	  || { cat $(VENV)/setup.log; echo "setup failed (log above: $(VENV)/setup.log)"; exit 1; }
 	@touch $@
 

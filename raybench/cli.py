@@ -282,12 +282,18 @@ def cmd_methods(args) -> int:
     import dataclasses
 
     from raybench.methods import get_method, method_names
+    from raybench.config import field_types, literal_choices
+    from raybench.models.weights import weights_choices
+    for line in weights_choices():
+        print(line)
     for name in method_names():
         spec = get_method(name)
         print(f"{name}: {spec.description}")
+        types = field_types(spec.config_cls)
         for f in dataclasses.fields(spec.config_cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"    {f.name} = {default!r}")
+            choices = literal_choices(types[f.name])
+            print(f"    {f.name} = {default!r}" + (f"  (one of {list(choices)})" if choices else ""))
     return 0
 
 

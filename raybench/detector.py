@@ -154,6 +154,10 @@ class Detector:
         arch_config = from_dict(spec.config_cls, {**spec_json["config"], "weights": "random"})
         scorer = spec.build(arch_config)
         state = load_file(str(folder / WEIGHTS_FILE))
+        # checkpoints saved before the normalisation was: ImageNet's, which rebuilt ResNets also get
+        for key, value in scorer.state_dict().items():
+            if key.endswith(("normalise.mean", "normalise.std")):
+                state.setdefault(key, value)
         _resize_buffers(scorer, state)
         scorer.load_state_dict(state, strict=True)
         det = cls(spec.name, config, scorer, spec_json.get("meta"))

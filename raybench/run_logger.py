@@ -71,6 +71,7 @@ class MLflowTrialLogger(Callback):
             return
         from mlflow.entities import Param
         config = json.loads(result["raybench_config"])
+        config.update(json.loads(result.get("raybench_provenance", "{}")))  # weights source, normalisation
         params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in config.items()]
         try:
             self.client.log_batch(run_id, params=params)

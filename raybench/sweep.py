@@ -27,6 +27,7 @@ from raybench.data import load_dataset, validate_category
 from raybench.errors import ConfigError, SweepInterrupted
 from raybench.local_ray import start_local_ray
 from raybench.methods.base import BUDGETS, get_method
+from raybench.models.weights import describe as describe_weights
 from raybench.progress import ProgressLine
 from raybench.run_logger import INTERRUPTED, MLflowTrialLogger, close_interrupted_runs
 from raybench.search_space import SearchSpace, load_search_space
@@ -34,7 +35,11 @@ from raybench.trial import TrialContext, build_config, quiet_ray_logs, run_trial
 
 __all__ = ["SweepSpec", "SweepOutcome", "run_sweep", "build_config", "DATASET_PRESETS"]
 
-DATASET_PRESETS = {"demo": {"weights": "random", "overrides": {"image_size": 128}, "trials": 4}}
+# the demo runs on real ImageNet features with no hub: tf_efficientnet_lite0 from the installed
+# package (raybench[weights]), for the saliency net of cutswap too
+DATASET_PRESETS = {"demo": {"weights": "imagenet", "trials": 4,
+                            "overrides": {"image_size": 128, "backbone": "tf_efficientnet_lite0",
+                                          "saliency_net": "tf_efficientnet_lite0"}}}
 
 
 @dataclass
@@ -197,10 +202,10 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     for cat in categories:  # every file opened once: a bad one stops us here, named
         validate_category(cat)
         log(f"data: {cat.summary()}")
-    if first_config.weights == "random":
-        log("weights: RANDOM initialisation (asked for" + (" by the demo preset" if not spec.weights else "") + ")")
-    else:  # fetch (or read) the weights once here, so a missing hub or file fails before any trial
-        method.build(first_config)
+    log(f"weights: {describe_weights(first_config.backbone, first_config.weights)}"
+        + (" (the demo preset)" if spec.dataset in DATASET_PRESETS and not spec.weights else ""))
+    for line in method.check(first_config):  # fetch (or read) weights once: a bad hub or file fails here
+        log(line)
 
     uri = tracking.tracking_uri(spec.tracking_uri)
     tracking.check_tracking(uri)

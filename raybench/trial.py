@@ -20,7 +20,7 @@ from raybench.detector import Detector
 from raybench.errors import RaybenchError
 from raybench.evaluation import evaluate_scorer, load_test_set
 from raybench.figures import FIGURES_DIR
-from raybench.methods.base import get_method
+from raybench.methods.base import get_method, provenance
 from raybench.models.common import pick_device
 from raybench.search_space import decode_params
 
@@ -81,6 +81,7 @@ def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
     metrics.update(fit_seconds=fit_seconds, workers=Parallel.world_size())
     meta = {"dataset": ctx.dataset, "category": category.name, "excluded_test": result.excluded_test,
             "eval_resolution": result.scorer.image_size, "info": result.info,
+            "provenance": provenance(config, result.scorer),  # weights source, input normalisation
             # the Detector's verdicts: F1-max cuts on this test split (see Detector.image_threshold)
             "image_threshold": _finite(metrics.get("image_threshold")),
             "pixel_threshold": _finite(metrics.get("pixel_threshold"))}
@@ -105,7 +106,8 @@ def _report_with_checkpoint(metrics: dict, detector: Detector, config, predictio
     """The final report: metrics plus a checkpoint holding the Detector and those same metrics,
     so a trial restored from it (after a driver or node died) reports again without refitting;
     with `predictions`, the evaluation's figures too (the driver logs them to MLflow)."""
-    final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1}
+    final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1,
+             "raybench_provenance": json.dumps(detector.meta.get("provenance", {}))}
     with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as tmp:
         detector.save(Path(tmp) / DETECTOR_DIR)
         if predictions:

@@ -134,8 +134,10 @@ def test_cutpaste_three_way_shapes():
 def test_layercam_maps_are_non_negative_at_each_layer_size():
     from raybench.synthesis.saliency import SaliencyExtractor, upsample_saliency
     torch.manual_seed(0)
-    extractor = SaliencyExtractor("vgg16", [4, 9, 16, 23, 30], "random")
-    for i in (4, 9, 16, 23, 30):  # timm's vgg16.features keeps torchvision's indices
+    extractor = SaliencyExtractor("vgg16", [0, 1, 2, 3, 4], "random")
+    # levels 0-4 of VGG16 are the paper's max-pools: timm's vgg16.features keeps torchvision's indices
+    assert extractor.level_modules == [f"features.{i}" for i in (4, 9, 16, 23, 30)]
+    for i in (4, 9, 16, 23, 30):
         assert isinstance(extractor.net.features[i], torch.nn.MaxPool2d)
     maps = extractor(torch.rand(2, 3, 64, 64))
     assert [tuple(m.shape) for m in maps] == [(2, 32, 32), (2, 16, 16), (2, 8, 8), (2, 4, 4), (2, 2, 2)]
@@ -143,7 +145,7 @@ def test_layercam_maps_are_non_negative_at_each_layer_size():
         assert torch.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
     assert upsample_saliency(maps, 64).shape == (2, 5, 64, 64)
     with pytest.raises(ValueError):
-        SaliencyExtractor("vgg16", [31], "random")
+        SaliencyExtractor("vgg16", [5], "random")
 
 
 def test_coreset_picks_are_distinct_and_ratio_honoured():
@@ -181,7 +183,7 @@ def test_trunk_weights_reach_the_patchcore_extractor():
         assert torch.equal(value, trunk_state[key]), key
     classifier.eval()
     x = torch.rand(2, 3, 64, 64)
-    expected = classifier.trunk.forward_intermediates((x - extractor.mean) / extractor.std, indices=[2, 3],
+    expected = classifier.trunk.forward_intermediates(extractor.normalise(x), indices=[2, 3],
                                                       intermediates_only=True)
     for got, want in zip(extractor(x), expected):
         np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), atol=1e-5)

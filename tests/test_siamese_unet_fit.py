@@ -1,5 +1,5 @@
 """Siamese U-Net training protocol: real-anomaly exclusion, synthesis, determinism, checkpoints.
-Tiny: demo data (128 px, generated in tmp), resnet18 with random weights, 64 px, 1-2 steps/epoch."""
+Tiny: demo data (128 px, generated in tmp), the smoke budget's lite0 with random weights, 64 px, 1-2 steps/epoch."""
 import numpy as np
 import pytest
 import torch

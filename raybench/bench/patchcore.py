@@ -1,4 +1,4 @@
-"""Benchmark: raybench's PatchCore vs anomalib's Patchcore (same resnet18 weights, layers 2 + 3,
+"""Benchmark: raybench's PatchCore vs anomalib's Patchcore (same --backbone weights, layers 2 + 3,
 image size, coreset ratio, device), plus the full fit time and AUROCs of the trained methods
 (`cutswap`, `cutpaste`) and the untuned `patchcore` method, per seed.
 
@@ -11,7 +11,8 @@ not a raybench dependency: install it into a separate venv together with raybenc
 script says it skipped the peer and why.
 
 Fairness: both PatchCores embed the same preloaded float tensors with the same backbone weights
-(anomalib's extractor is loaded with raybench's resnet18 state dict, whatever --weights says) and
+(anomalib's extractor is loaded with raybench's backbone state dict, whatever --weights says, and fed
+the same normalisation: the backbone's own pretrained config) and
 are scored with raybench.metrics. Differences that remain are the methods' own: anomalib scores an
 image with the nearest-neighbour reweighting of the paper (num_neighbors=9), raybench with the plain
 maximum patch distance; both smooth maps with sigma 4.
@@ -33,7 +34,7 @@ from raybench.data.tensors import iterate_batches, load_images, load_masks
 from raybench.evaluation import evaluate_scorer, score_images
 from raybench.methods import get_method
 from raybench.metrics import evaluate_predictions
-from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from raybench.models.weights import describe as describe_weights
 from raybench.models.common import pick_device, set_seed, synchronize
 
 
@@ -88,11 +89,13 @@ def load_anomalib():
 
 def run_anomalib_patchcore(peer_cls, raybench_model, config, train, test, labels, masks, device, batch_size):
     torch.manual_seed(config.seed)
-    peer = peer_cls(layers=list(config.layers), backbone=config.backbone, pre_trained=False).to(device)
-    # same backbone weights as raybench's model, so only the PatchCore implementations differ
+    # anomalib names timm stages by module (ResNet: layer2; EfficientNet: blocks.2): the same stages
+    layers = list(raybench_model.extractor.model.feature_info.module_name())
+    peer = peer_cls(layers=layers, backbone=config.backbone, pre_trained=False).to(device)
+    # same backbone weights and input normalisation as raybench's model, so only the PatchCore
+    # implementations differ
     peer.feature_extractor.feature_extractor.load_state_dict(raybench_model.extractor.model.state_dict(), strict=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean, std = raybench_model.extractor.normalise.mean, raybench_model.extractor.normalise.std
     synchronize(device)
     start = time.perf_counter()
     peer.train()
@@ -185,6 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--coreset-ratio", type=float, default=0.01)
     p.add_argument("--weights", default="imagenet", help="imagenet | random | path (same for every variant)")
+    p.add_argument("--backbone", default="resnet18", help="e.g. tf_efficientnet_lite0 (ImageNet weights with no hub)")
+    p.add_argument("--saliency-net", default="vgg16", help="cutswap's LayerCAM net (tf_efficientnet_lite0: no hub)")
+    p.add_argument("--saliency-weights", default="imagenet")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--train-limit", type=int, default=None, help="evenly spaced subset of the training images")
     p.add_argument("--test-limit", type=int, default=None, help="evenly spaced, half normal, half anomalous")
@@ -208,6 +214,9 @@ def main(argv=None) -> int:
     category = subset(full, args.train_limit, args.test_limit)
     print(f"# {category.summary()} | image_size={args.image_size} coreset_ratio={args.coreset_ratio} "
           f"weights={args.weights} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(f"# weights: {describe_weights(args.backbone, args.weights)}")
+    if "cutswap" in args.methods:
+        print(f"# saliency: {describe_weights(args.saliency_net, args.saliency_weights)}")
     train = load_images(category.train, args.image_size)
     test = load_images(category.test, args.image_size)
     masks = load_masks(category.test, args.image_size)
@@ -221,10 +230,13 @@ def main(argv=None) -> int:
 
     results: dict[str, list[dict]] = {}
     base = {"image_size": args.image_size, "coreset_ratio": args.coreset_ratio, "weights": args.weights,
-            "backbone": "resnet18", "layers": ["layer2", "layer3"], "batch_size": args.batch_size}
+            "backbone": args.backbone, "layers": ["layer2", "layer3"], "batch_size": args.batch_size,
+            "saliency_net": args.saliency_net, "saliency_weights": args.saliency_weights}
     for seed in args.seeds:
         set_seed(seed)
-        config = from_dict(get_method("patchcore").config_cls, {**base, "seed": seed})
+        pc_fields = field_types(get_method("patchcore").config_cls)
+        config = from_dict(get_method("patchcore").config_cls, {k: v for k, v in {**base, "seed": seed}.items()
+                                                                 if k in pc_fields})
         model, row = run_raybench_patchcore(config, train, test, labels, masks, device, args.batch_size)
         results.setdefault("raybench-patchcore", []).append(row)
         print(f"seed={seed} raybench-patchcore  {fmt(row)}", flush=True)

@@ -27,11 +27,11 @@ from torch import nn
 from raybench.cli import parse_set
 from raybench.config import from_dict
 from raybench.data import load_dataset
-from raybench.errors import WeightsError
 from raybench.evaluation import evaluate_scorer, relative_path
 from raybench.methods import get_method
 from raybench.methods.siamese_unet import draw_real_anomalies
-from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, load_state_file
+from raybench.models.backbones import FeatureExtractor
+from raybench.models.weights import describe as describe_weights
 from raybench.models.common import pick_device, set_seed, synchronize
 
 # ablations of the real-anomaly variant: which part helps or hurts at image level
@@ -102,11 +102,11 @@ def run_method(variant, args, seed, category, device) -> dict:
 class _AnomalibScorer(nn.Module):
     """anomalib's ReverseDistillationModel behind raybench's scorer interface."""
 
-    def __init__(self, model: nn.Module, image_size: int):
+    def __init__(self, model: nn.Module, image_size: int, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.model, self.image_size = model, image_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
 
     def forward(self, images):
         out = self.model((images - self.mean) / self.std)
@@ -124,16 +124,18 @@ def run_anomalib(args, seed, category, device) -> dict | None:
         return None
     from raybench.data.tensors import load_images
     set_seed(seed)
-    model = ReverseDistillationModel(backbone=args.backbone, input_size=(args.image_size,) * 2,
-                                     layers=["layer1", "layer2", "layer3"], anomaly_map_mode="add",
-                                     pre_trained=args.weights == "imagenet").to(device)
-    if args.weights not in ("imagenet", "random"):
-        # anomalib only knows hub or random weights: load the same local file the raybench variants
-        # use, or anomalib-rd would silently train on a random encoder
-        missing, _ = model.encoder.feature_extractor.load_state_dict(load_state_file(args.weights), strict=False)
-        if missing:
-            raise WeightsError(f"weights file {args.weights} does not fit {args.backbone!r}: missing {missing[:5]}...")
-    scorer = _AnomalibScorer(model, args.image_size).to(device)
+    # the teacher exactly as raybench's variants get it (package, hub, file or random) and its
+    # normalisation; anomalib alone only knows the hub, which would fail offline or differ
+    teacher = FeatureExtractor(args.backbone, ["layer1", "layer2", "layer3"], args.weights)
+    layers = list(teacher.model.feature_info.module_name())  # anomalib names stages by module
+    try:
+        model = ReverseDistillationModel(backbone=args.backbone, input_size=(args.image_size,) * 2,
+                                         layers=layers, anomaly_map_mode="add", pre_trained=False).to(device)
+    except Exception as err:  # anomalib's RD decoders exist for ResNets only
+        print(f"anomalib-rd: skipped ({args.backbone}: {type(err).__name__}: {str(err)[:200]})")
+        return None
+    model.encoder.feature_extractor.load_state_dict(teacher.model.state_dict(), strict=True)
+    scorer = _AnomalibScorer(model, args.image_size, teacher.normalise.mean, teacher.normalise.std).to(device)
     loss_fn = ReverseDistillationLoss()
     params = list(model.decoder.parameters()) + list(model.bottleneck.parameters())
     # as anomalib 2.x ReverseDistillation.configure_optimizers: betas (0.5, 0.99), not RD4AD's 0.999
@@ -175,6 +177,7 @@ def main(argv=None) -> None:
           f"(pixel AUROC at {args.image_size} px), batch {args.batch_size}, epochs {args.epochs1}+{args.epochs2}, "
           f"max steps/epoch {args.max_steps}, torch threads {torch.get_num_threads()}"
           + (f", set {args.overrides}" if args.overrides else ""))
+    print(f"weights: {describe_weights(args.backbone, args.weights)}")
     header = f"{'variant':<18}{'seed':>5}{'train img/s':>13}{'normal/s':>10}{'infer img/s':>13}{'img AUROC':>11}{'pix AUROC':>11}{'train s':>9}"
     print(header)
     rows: dict[str, list[dict]] = {}

@@ -6,7 +6,7 @@ Methods know nothing of Ray or MLflow: `fit(config, category, device)` runs in p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import nn
@@ -46,6 +46,31 @@ class MethodSpec:
     budgets: dict[str, dict]  # budget name -> config overrides
     description: str = ""
     trained: bool = False  # has epochs (ASHA applies)
+    # preflight(config) -> extra lines to print: builds whatever a trial will need besides the scorer
+    # (e.g. cutswap's saliency net), so a missing hub or bad file fails before any trial
+    preflight: Optional[Callable[[object], list[str]]] = None
+
+    def check(self, config) -> list[str]:
+        """Build the scorer (and the preflight's extras) once: weights are fetched or read here."""
+        if self.preflight is not None:
+            return list(self.preflight(config))
+        self.build(config)
+        return []
+
+
+def provenance(config, scorer: nn.Module) -> dict:
+    """What a run's features stand on, as logged params and kept in the Detector's meta: where
+    the backbone's weights came from and the input normalisation the scorer applies."""
+    from raybench.models.backbones import Normalise
+    from raybench.models.weights import describe
+    out = {"weights_source": describe(config.backbone, config.weights)}
+    if getattr(config, "saliency_net", None):
+        out["saliency_weights_source"] = describe(config.saliency_net, config.saliency_weights)
+    norm = next((m for m in scorer.modules() if isinstance(m, Normalise)), None)
+    if norm is not None:
+        values = norm.values()
+        out.update(input_mean=values["mean"], input_std=values["std"])
+    return out
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

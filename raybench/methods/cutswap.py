@@ -1,5 +1,6 @@
-"""`cutswap` and `cutpaste`: self-supervised 3-way fine-tuning of ResNet18, then PatchCore on the
-fine-tuned layer2 + layer3 features (the CutSwap paper's "CutSwap + PC" and "CutPaste + PC").
+"""`cutswap` and `cutpaste`: self-supervised 3-way fine-tuning of the `backbone` trunk (ResNet18 by
+default, as the paper; tf_efficientnet_lite0 where only packaged ImageNet weights exist), then
+PatchCore on the fine-tuned layer2 + layer3 features (the CutSwap paper's "CutSwap + PC" and "CutPaste + PC").
 
 Training follows CutPaste's recipe, which the CutSwap paper adopts: SGD (lr 0.03, momentum 0.9,
 weight decay 3e-5), cosine schedule, 32 images per step -> 96 samples (weakly augmented normal,
@@ -8,6 +9,9 @@ patch negative, scar negative), cross-entropy over the three classes.
 CutSwap specifics (paper: "we set (.) to (30, 5, 4, 512)", symbols lost in extraction): read as
 (N, L, k, d) = 30 LayerCAM layers of VGG16 `features` (indices up to 30), L = 5 maps taken from
 them (layers 4, 9, 16, 23, 30: the max-pools), k = 4 clusters, d = 512 the ResNet18 embedding.
+`layer_set` numbers the saliency net's five levels 0-4 (VGG16: those max-pools; other timm CNNs:
+their feature stages, see raybench.synthesis.saliency). The saliency net has its own weights
+(`saliency_weights`, ImageNet by default whatever the trunk's `weights`; random only when asked).
 LayerCAM runs once per training image before training (the saliency net is frozen and the weak
 augmentation is photometric, so the maps stay valid), and k-means once per map.
 Each image yields one CutSwap and one scar negative per selected map per step: `maps_per_image`
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +41,7 @@ from raybench.models.backbones import FeatureExtractor
 from raybench.models.classifier import PatchClassifier, transfer_trunk
 from raybench.models.common import cudnn_determinism, set_seed, synchronize
 from raybench.models.patchcore import PatchCore
+from raybench.models.weights import describe as describe_weights
 from raybench.synthesis.cutpaste import CutPasteSettings, cutpaste, cutpaste_scar
 from raybench.synthesis.cutswap import SwapSettings, build_anchor_cache, cutswap, select_intervals
 from raybench.synthesis.patches import weak_augment
@@ -75,9 +80,9 @@ class CutPasteConfig(SelfSupervisedConfig):
 
 @dataclass
 class CutSwapConfig(SelfSupervisedConfig):
-    saliency_net: str = "vgg16"
-    saliency_weights: Optional[str] = None  # None: the same as `weights`
-    layer_set: list[int] = ranged(factory=lambda: [4, 9, 16, 23, 30], low=0)  # L = len(layer_set)
+    saliency_net: str = "vgg16"  # any timm CNN classifier, e.g. tf_efficientnet_lite0 (no hub needed)
+    saliency_weights: str = "imagenet"  # imagenet | random | path: independent of the trunk's `weights`
+    layer_set: list[int] = ranged(factory=lambda: [0, 1, 2, 3, 4], low=0, high=4)  # saliency levels; L = len(layer_set)
     maps_per_image: int = ranged(1, 1)
     k: int = ranged(4, 1)
     kmeans_iters: int = ranged(30, 1)
@@ -151,6 +156,18 @@ class CutPasteSynthesis:
         return {}
 
 
+def build_saliency(config: CutSwapConfig) -> SaliencyExtractor:
+    return SaliencyExtractor(config.saliency_net, config.layer_set, config.saliency_weights)
+
+
+def preflight_cutswap(config: CutSwapConfig) -> list[str]:
+    """Before any trial: the trunk's and the saliency net's weights load (a bad file fails here)."""
+    build(config)
+    build_saliency(config)
+    return [f"saliency: {describe_weights(config.saliency_net, config.saliency_weights)}, "
+            f"levels {config.layer_set}"]
+
+
 class CutSwapSynthesis:
     """Saliency once (LayerCAM + k-means per image and layer), then swaps drawn per step."""
 
@@ -164,8 +181,7 @@ class CutSwapSynthesis:
             raise ValueError("cluster_select='random' needs anchor_strategy='kmeans'")
         self.config = config
         start = time.perf_counter()
-        weights = config.saliency_weights or config.weights
-        extractor = SaliencyExtractor(config.saliency_net, config.layer_set, weights).to(device)
+        extractor = build_saliency(config).to(device)
         use_amp = device.type == "cuda" and config.amp
         maps = compute_saliency(extractor, images, config.saliency_batch_size, device, autocast=use_amp)
         del extractor
@@ -297,9 +313,10 @@ def fit_cutpaste(config: CutPasteConfig, category: Category, device, on_epoch=No
 
 CUTSWAP = register(MethodSpec(
     name="cutswap", config_cls=CutSwapConfig, fit=fit_cutswap, build=build, budgets=BUDGETS, trained=True,
-    description="ResNet18 fine-tuned on saliency-guided patch swaps (LayerCAM + k-means), then PatchCore",
+    preflight=preflight_cutswap,
+    description="`backbone` (ResNet18) fine-tuned on saliency-guided patch swaps (LayerCAM + k-means), then PatchCore",
 ))
 CUTPASTE = register(MethodSpec(
     name="cutpaste", config_cls=CutPasteConfig, fit=fit_cutpaste, build=build, budgets=BUDGETS, trained=True,
-    description="ResNet18 fine-tuned on CutPaste 3-way (normal / cutpaste / scar), then PatchCore",
+    description="`backbone` (ResNet18) fine-tuned on CutPaste 3-way (normal / cutpaste / scar), then PatchCore",
 ))

@@ -47,8 +47,11 @@ class SiameseUNetConfig:
     layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     batch_size: int = ranged(16, 1)
     bottleneck_blocks: int = ranged(3, 1)  # ResNet blocks in the one-class embedding (RD: 3)
-    decoder_blocks: int = ranged(2, 1)  # residual blocks per decoder stage (the first one upsamples)
-    block: Literal["auto", "basic", "bottleneck"] = "auto"  # auto: the teacher's own block type, as RD
+    # residual blocks per decoder stage (the first one upsamples); None: the teacher's stage depths
+    # in decoder order, as RD's de_resnet (wide_resnet50_2: 3/4/6, resnet18: 2/2/2, lite0: 2/2/3)
+    decoder_blocks: Optional[int] = ranged(None, 1)
+    # auto: per backbone family (bottleneck for wide_resnet50_2 as RD, basic for ResNet18/34 and EfficientNet)
+    block: Literal["auto", "basic", "bottleneck"] = "auto"
     cpam: bool = True
     pam_max_positions: int = ranged(1024, 1)  # PAM keys/values pooled above this many positions (see cpam.py)
     stage1: bool = True  # contrastive term in stage 1 (off: stage 1 is plain L_cos)
@@ -296,7 +299,8 @@ def _fit(config: SiameseUNetConfig, category: Category, device: torch.device, on
     return FitResult(model, excluded, info)
 
 
-_SMOKE = {"image_size": 64, "backbone": "resnet18", "batch_size": 8, "epochs1": 1, "epochs2": 1,
+# lite0: small, and its ImageNet weights need no hub (smoke runs work offline)
+_SMOKE = {"image_size": 64, "backbone": "tf_efficientnet_lite0", "batch_size": 8, "epochs1": 1, "epochs2": 1,
           "max_steps_per_epoch": 2, "bottleneck_blocks": 1, "decoder_blocks": 1}
 
 register(MethodSpec(

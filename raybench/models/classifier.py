@@ -1,5 +1,6 @@
-"""The self-supervised classifier of CutPaste / CutSwap: a timm ResNet trunk (global-pooled
-features, 512-d for ResNet18) + an MLP head for 3-way classification (normal / patch / scar).
+"""The self-supervised classifier of CutPaste / CutSwap: a timm CNN trunk (`backbone`: ResNet18 by
+default, or e.g. tf_efficientnet_lite0; global-pooled features, 512-d for ResNet18, 1280-d for
+lite0) + an MLP head for 3-way classification (normal / patch / scar).
 
 After training, the trunk is what matters: `transfer_trunk` copies its weights into a PatchCore
 `FeatureExtractor` (built with weights='random', then overwritten), so the fine-tuned backbone is
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, create_timm_model
+from raybench.models.backbones import FeatureExtractor, Normalise, create_timm_model, input_normalisation
 
 
 class PatchClassifier(nn.Module):
@@ -24,12 +25,11 @@ class PatchClassifier(nn.Module):
             width = dim
         layers.append(nn.Linear(width, n_classes))
         self.head = nn.Sequential(*layers)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalise = Normalise(*input_normalisation(self.trunk))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, 3, S, S) in [0, 1] -> logits (N, n_classes)."""
-        return self.head(self.trunk((images - self.mean) / self.std))
+        return self.head(self.trunk(self.normalise(images)))
 
 
 def transfer_trunk(trunk: nn.Module, extractor: FeatureExtractor) -> None:

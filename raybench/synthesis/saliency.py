@@ -1,14 +1,16 @@
-"""Multilevel LayerCAM saliency (Jiang et al., "LayerCAM", TIP 2021) on a VGG-style classifier.
+"""Multilevel LayerCAM saliency (Jiang et al., "LayerCAM", TIP 2021) on any timm CNN classifier.
 
-For each chosen layer l with activations A_l (N, C, h, w) and the score y_c of the net's own top
+For each chosen level l with activations A_l (N, C, h, w) and the score y_c of the net's own top
 class c:  weights = ReLU(dy_c/dA_l) (element-wise),  map = ReLU(sum_C weights * A_l),  then min-max
-normalised to [0, 1] per image. Maps stay at each layer's own size; `upsample_saliency` brings them
+normalised to [0, 1] per image. Maps stay at each level's own size; `upsample_saliency` brings them
 to image size.
 
-Layer indices are torchvision-style positions in VGG's `features` Sequential. timm's `vgg16` keeps
-that exact layout (`features.0` ... `features.30`, max-pools at 4, 9, 16, 23, 30), so the CutSwap
-paper's indices map one to one onto timm's `features[i]`; `SaliencyExtractor` checks that every
-index exists and says so if a net lacks a `features` Sequential.
+Levels (five per backbone, numbered 0-4 from shallow to deep; `saliency_levels` names them):
+- VGG (the CutSwap paper's vgg16): the five max-pools of `features`, i.e. torchvision/timm indices
+  4, 9, 16, 23, 30, so levels 0-4 are the paper's layers (30, 5, ...) one to one;
+- any other timm CNN: the net's feature stages from timm's `feature_info` (tf_efficientnet_lite0:
+  blocks.0, blocks.1, blocks.2, blocks.4, blocks.6, strides 2-32; ResNets: act1, layer1-layer4).
+Activations are read with forward hooks, so the net runs its own forward unchanged.
 """
 from __future__ import annotations
 
@@ -16,31 +18,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raybench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, create_timm_model
+from raybench.models.backbones import Normalise, create_timm_model, input_normalisation
 
-VGG16_POOL_LAYERS = (4, 9, 16, 23, 30)
+DEFAULT_LEVELS = (0, 1, 2, 3, 4)
+
+
+def saliency_levels(net: nn.Module, name: str) -> list[str]:
+    """Module names of the LayerCAM levels of a timm classifier (see module docstring)."""
+    features = getattr(net, "features", None)
+    if name.startswith("vgg") and isinstance(features, nn.Sequential):
+        return [f"features.{i}" for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+    info = getattr(net, "feature_info", None)
+    if not info:
+        raise ValueError(f"{name!r} lists no feature stages (timm feature_info); LayerCAM needs a timm CNN")
+    return [entry["module"] for entry in info]
 
 
 class SaliencyExtractor(nn.Module):
-    """Frozen classifier -> LayerCAM maps at `layers` (indices into `net.features`)."""
+    """Frozen classifier -> LayerCAM maps at the chosen `levels` (indices into saliency_levels)."""
 
-    def __init__(self, name: str = "vgg16", layers=VGG16_POOL_LAYERS, weights: str = "imagenet"):
+    def __init__(self, name: str = "vgg16", levels=DEFAULT_LEVELS, weights: str = "imagenet"):
         super().__init__()
-        self.name, self.layers = name, sorted(int(i) for i in layers)
+        self.name, self.layers = name, sorted(int(i) for i in levels)
         if not self.layers or len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"LayerCAM needs distinct layer indices, got {list(layers)}")
+            raise ValueError(f"LayerCAM needs distinct level indices, got {list(levels)}")
         self.net = create_timm_model(name, weights)
-        features = getattr(self.net, "features", None)
-        if not isinstance(features, nn.Sequential):
-            raise ValueError(f"{name!r} has no `features` Sequential; LayerCAM indices address VGG-style nets")
-        if self.layers[0] < 0 or self.layers[-1] >= len(features):
-            raise ValueError(f"layer indices {self.layers} out of range for {name}.features (0..{len(features) - 1})")
+        self.weights = weights
+        names = saliency_levels(self.net, name)
+        if self.layers[0] < 0 or self.layers[-1] >= len(names):
+            raise ValueError(f"saliency levels {self.layers} out of range for {name} (0..{len(names) - 1}: {names})")
+        self.level_modules = [names[i] for i in self.layers]
         for module in self.net.modules():
-            if isinstance(module, nn.ReLU):
-                module.inplace = False  # an in-place ReLU would overwrite a captured activation
+            if getattr(module, "inplace", False) is True:
+                module.inplace = False  # an in-place activation would overwrite a captured activation
         self.net.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalise = Normalise(*input_normalisation(self.net))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -48,19 +60,22 @@ class SaliencyExtractor(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images (N, 3, S, S) in [0, 1] -> one (N, h_l, w_l) float32 map in [0, 1] per layer."""
-        with torch.enable_grad():
-            x = ((images.float() - self.mean) / self.std).requires_grad_(True)
-            activations = []
-            for i, module in enumerate(self.net.features):
-                x = module(x)
-                if i in self.layers:
-                    activations.append(x)
-            logits = self.net.forward_head(x)
-            # images are independent in eval mode, so the gradient of the summed top scores is
-            # each image's own gradient: one backward pass serves the whole batch
-            top = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
-            grads = torch.autograd.grad(top, activations)
+        """images (N, 3, S, S) in [0, 1] -> one (N, h_l, w_l) float32 map in [0, 1] per level."""
+        captured: dict[str, torch.Tensor] = {}
+        hooks = [self.net.get_submodule(n).register_forward_hook(
+            lambda _m, _i, out, n=n: captured.__setitem__(n, out)) for n in self.level_modules]
+        try:
+            with torch.enable_grad():
+                x = self.normalise(images.float()).requires_grad_(True)
+                logits = self.net(x)
+                activations = [captured[n] for n in self.level_modules]
+                # images are independent in eval mode, so the gradient of the summed top scores is
+                # each image's own gradient: one backward pass serves the whole batch
+                top = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
+                grads = torch.autograd.grad(top, activations)
+        finally:
+            for hook in hooks:
+                hook.remove()
         maps = []
         for act, grad in zip(activations, grads):
             cam = F.relu((F.relu(grad.float()) * act.float()).sum(dim=1))

@@ -2,8 +2,9 @@
 
 teacher (frozen timm encoder, layers 1-3) -> one-class bottleneck (multi-scale fusion of the
 three layers + a ResNet-style stage) -> student decoder mirroring the teacher, restoring each
-teacher layer (same channels and spatial size). Written for any ResNet-like teacher: the channel
-counts come from the teacher (wide_resnet50_2: 256/512/1024, resnet18: 64/128/256).
+teacher layer (same channels and spatial size). Written for any timm CNN whose chosen stages halve
+the grid from one to the next: channels, block type and depths come from the teacher
+(wide_resnet50_2: 256/512/1024, resnet18: 64/128/256, tf_efficientnet_lite0: 24/40/112).
 """
 from __future__ import annotations
 
@@ -71,10 +72,28 @@ BLOCKS = {"bottleneck": ResidualBottleneck, "basic": ResidualBasic}
 
 
 def teacher_block_type(teacher: FeatureExtractor) -> str:
-    """'basic' when the teacher is built from BasicBlocks (ResNet18/34), else 'bottleneck': RD's
-    decoder mirrors its encoder's block type."""
+    """The decoder's block type per backbone family: 'bottleneck' for a teacher built from
+    Bottlenecks (wide_resnet50_2, as RD), else 'basic': ResNet18/34's BasicBlocks, and two 3x3
+    convolutions for EfficientNet(-Lite), whose stages are narrow (24/40/112 channels for lite0)
+    so a bottleneck's 1x1 squeeze would leave the decoder 12-56 channels wide."""
     names = {type(m).__name__ for m in teacher.model.modules()}
-    return "basic" if "BasicBlock" in names and "Bottleneck" not in names else "bottleneck"
+    return "bottleneck" if "Bottleneck" in names else "basic"
+
+
+def teacher_stage_depths(teacher: FeatureExtractor) -> list[int]:
+    """Blocks in each chosen teacher stage (wide_resnet50_2 layer1-3: 3, 4, 6; lite0: 2, 2, 3),
+    from timm's feature_info module names."""
+    depths = []
+    for name in teacher.model.feature_info.module_name():
+        module = None
+        for candidate in (name, name.replace(".", "_")):  # FeatureListNet flattens dotted names
+            try:
+                module = teacher.model.get_submodule(candidate)
+                break
+            except AttributeError:
+                continue
+        depths.append(len(module) if isinstance(module, nn.Sequential) else 1)
+    return depths
 
 
 class OneClassBottleneck(nn.Module):
@@ -132,7 +151,7 @@ class SiameseUNet(nn.Module):
 
     def __init__(self, backbone: str, layers: list[str], weights: str, image_size: int,
                  sigma: float = 4.0, cpam: bool = True, bottleneck_blocks: int = 3,
-                 decoder_blocks: int = 2, pam_max_positions: int = 1024, amp: bool = False,
+                 decoder_blocks: int | None = None, pam_max_positions: int = 1024, amp: bool = False,
                  block: str = "auto"):
         super().__init__()
         if len(layers) != 3:
@@ -140,6 +159,10 @@ class SiameseUNet(nn.Module):
         self.image_size, self.sigma, self.amp = image_size, sigma, amp
         self.teacher = FeatureExtractor(backbone, layers, weights, frozen=True)
         channels = self.teacher.channels
+        r = self.teacher.reductions
+        if r[1] != 2 * r[0] or r[2] != 2 * r[1]:
+            raise ValueError(f"the T-S U-Net needs teacher stages that halve the grid each time; "
+                             f"{backbone} {layers} have strides {r}")
         if block == "auto":
             block = teacher_block_type(self.teacher)
         if block not in BLOCKS:
@@ -147,8 +170,14 @@ class SiameseUNet(nn.Module):
         self.bottleneck = OneClassBottleneck(channels, bottleneck_blocks, block)
         ins = [self.bottleneck.out_channels, channels[2], channels[1]]
         outs = [channels[2], channels[1], channels[0]]
-        self.decoder = nn.ModuleList(DecoderStage(i, o, decoder_blocks, cpam, pam_max_positions, block)
-                                     for i, o in zip(ins, outs))
+        # decoder_blocks None: RD's de_resnet depths, i.e. the teacher's stage depths in decoder order
+        # (wide_resnet50_2: 3, 4, 6 blocks from the deepest decoder stage to the shallowest)
+        depths = teacher_stage_depths(self.teacher) if decoder_blocks is None else [decoder_blocks] * 3
+        if min(depths) < 1:
+            raise ValueError(f"decoder_blocks must be >= 1, got {decoder_blocks}")
+        self.decoder_depths = depths
+        self.decoder = nn.ModuleList(DecoderStage(i, o, d, cpam, pam_max_positions, block)
+                                     for i, o, d in zip(ins, outs, depths))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for m in (self.bottleneck, self.decoder) for p in m.parameters()]
