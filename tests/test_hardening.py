@@ -160,7 +160,9 @@ def test_cli_usage_errors_have_the_prefix_and_predict_without_a_model_its_own_co
         main(["sweep", "demo", "--trials", "0"])
     assert exit_.value.code == 2 and "--trials: must be at least 1, got 0" in capsys.readouterr().err
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    assert main(["predict", "--category", "nonexistent", "--tracking-uri", uri, str(tmp_path)]) == EXIT_NO_MODEL
+    tracking.check_tracking(uri)  # an existing, empty store (a missing one is refused before any lookup)
+    image = save_png(tmp_path / "images" / "a.png", np.full((8, 8, 3), 100, np.uint8))
+    assert main(["predict", "--category", "nonexistent", "--tracking-uri", uri, str(image)]) == EXIT_NO_MODEL
     err = [line for line in capsys.readouterr().err.splitlines() if "mlflow.store.db" not in line]  # a new store
     assert len(err) == 1 and err[0].startswith("raybench: error: no finished run with a checkpoint for category "
                                                "'nonexistent'")
