@@ -21,14 +21,15 @@ from raybench import tracking
 from raybench.category_search import METRIC, MODE, PerCategorySearch
 from raybench.config import field_types, from_dict
 from raybench.data import load_dataset, validate_category
-from raybench.methods.base import BUDGETS, get_method
+from raybench.methods.base import BOUNDING_BUDGETS, BUDGETS, get_method
 from raybench.run_logger import MLflowTrialLogger, close_interrupted_runs
 from raybench.search_space import SearchSpace, load_search_space
+from raybench.splits import DEFAULT_VAL_SHARE, make_split
 from raybench.trial import TrialContext, build_config, quiet_ray_logs, run_trial
 
 __all__ = ["SweepSpec", "run_sweep", "build_config", "DATASET_PRESETS"]
 
-DATASET_PRESETS = {"demo": {"weights": "random", "overrides": {"image_size": 128}, "trials": 4}}
+DATASET_PRESETS = {"demo": {"weights": "random", "overrides": {"image_size": 128}, "trials": 4, "final_seeds": 2}}
 
 
 @dataclass
@@ -55,6 +56,27 @@ class SweepSpec:
     asha: bool = False
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a trial whose node or worker died
+    val_split: float = DEFAULT_VAL_SHARE  # share of the test images (real) or training normals (synthetic)
+    val_mode: str = "real"  # real | synthetic: what validation is made of (raybench.splits)
+    split_seed: int = 0  # the split depends on (dataset, category, split_seed) alone
+    final_seeds: int = 0  # retrain each category's chosen config with this many new seeds
+
+
+def new_sweep_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def bound_by_budget(space: SearchSpace, method, budget: str, log=print) -> SearchSpace:
+    """smoke and paper take their keys out of the search (as --set does), so the search can never
+    draw past the budget: smoke stays smoke, paper is the papers' schedule. default leaves the
+    search space's ranges alone and fills only what it does not sample."""
+    if budget not in BOUNDING_BUDGETS:
+        return space
+    values = method.budgets.get(budget, {})
+    taken = sorted(k for k in values if k in space.distributions)
+    if taken:
+        log(f"budget {budget}: {', '.join(f'{k}={values[k]}' for k in taken)} fixed (taken out of the search)")
+    return space.without(values)
 
 
 def resolve_base_config(spec: SweepSpec, space: SearchSpace) -> dict:
@@ -141,13 +163,17 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         overrides = from_dict(method.config_cls, {**spec.overrides}, method=spec.method).__dict__
         overrides = {k: v for k, v in overrides.items() if k in spec.overrides}
         space = space.without(overrides)
+    space = bound_by_budget(space, method, spec.budget, log)
     base = resolve_base_config(spec, space)
     first_config = from_dict(method.config_cls, {**base, **overrides}, method=spec.method)  # fails early
 
     categories = load_dataset(spec.dataset, spec.data_root, spec.categories)
+    splits = {}
     for cat in categories:  # every file opened once: a bad one stops us here, named
         validate_category(cat)
         log(f"data: {cat.summary()}")
+        splits[cat.name] = make_split(cat, spec.val_mode, spec.val_split, spec.split_seed)
+        log(f"split: {splits[cat.name].summary()}")
     if first_config.weights == "random":
         log("weights: RANDOM initialisation (asked for" + (" by the demo preset" if not spec.weights else "") + ")")
     else:  # fetch (or read) the weights once here, so a missing hub or file fails before any trial
@@ -165,7 +191,14 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         sweep_id = read_latest_sweep_id(root, spec.dataset, spec.method)
         if sweep_id is None:
             raise ValueError(f"--resume: no earlier sweep of {spec.dataset}/{spec.method} under {root}; pass --sweep-id")
-    sweep_id = sweep_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    if spec.resume and sweep_id:  # a resumed sweep keeps its split: same seed, share, mode and data
+        for name, logged in tracking.sweep_split_hashes(uri, experiment_id, sweep_id).items():
+            now = splits.get(name)
+            if now is not None and now.test_split_hash != logged:
+                raise ValueError(f"--resume of sweep {sweep_id}: {name}'s test split would change (hash "
+                                 f"{logged[:12]} logged, {now.test_split_hash[:12]} now); resume with the same "
+                                 f"--split-seed, --val-split, --val-mode and data")
+    sweep_id = sweep_id or new_sweep_id()
     run_name = f"{spec.dataset}-{spec.method.replace('-', '_')}-{sweep_id}"
     write_latest_sweep_id(root, spec, sweep_id)
 
@@ -178,7 +211,9 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     ctx = TrialContext(spec.dataset, spec.data_root, spec.method, base, overrides, spec.workers,
-                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained)
+                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained,
+                       split_mode=spec.val_mode, val_share=spec.val_split, split_seed=spec.split_seed,
+                       test_hashes={n: sp.test_split_hash for n, sp in splits.items()})
     if spec.workers > 1:
         resources = {"cpu": 0.1}  # the trial only drives a TorchTrainer; its workers hold the devices
     else:
@@ -186,7 +221,9 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     tags = {"dataset": spec.dataset, "method": spec.method, "sweep_id": sweep_id, "budget": spec.budget,
             "git_commit": tracking.git_commit(), "raybench": "1"}
-    logger = MLflowTrialLogger(uri, experiment_id, tags, total)
+    per_category = {n: {"tags": {"test_split_hash": sp.test_split_hash}, "params": sp.params()}
+                    for n, sp in splits.items()}
+    logger = MLflowTrialLogger(uri, experiment_id, tags, total, per_category)
     log(f"sweep {sweep_id}: {spec.method} on {spec.dataset} [{', '.join(names)}], {spec.trials} trial(s) each, "
         f"{spec.cpus_per_trial:g} CPU + {gpus:g} GPU per trial{f' x {spec.workers} workers' if spec.workers > 1 else ''}; "
         f"MLflow {uri} experiment {exp_name!r}")
@@ -215,5 +252,38 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         )
     random.seed(spec.seed)
     quiet_ray_logs()
+    results = tuner.fit()
+    if spec.final_seeds > 0:
+        _run_final_seeds(spec, results, ctx, resources, tags, per_category, uri, experiment_id,
+                         f"{root.rstrip('/')}/{run_name}-final", log)
+    return tracking.leaderboard(uri, experiment=exp_name, sweep_id=sweep_id)
+
+
+def _run_final_seeds(spec, results, ctx, resources, tags, per_category, uri, experiment_id, path, log) -> None:
+    """The chosen configuration of each category (and variant) again with new seeds: a second Tune
+    run, configs fixed, no early stopping, runs tagged `final`."""
+    from dataclasses import replace
+
+    from raybench.final_seeds import FixedConfigs, chosen_configs, final_trial_configs
+    ctx = replace(ctx, report_epochs=False, overrides={k: v for k, v in ctx.overrides.items() if k != "seed"})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    jobs = final_trial_configs(chosen_configs(results), spec.final_seeds)
+    if not jobs:
+        log("final seeds: no finished trial to retrain")
+        return
+    logger = MLflowTrialLogger(uri, experiment_id, {**tags, "final": "yes"}, len(jobs), per_category)
+    log(f"final seeds: the chosen configuration of {len(jobs) // spec.final_seeds} category/variant(s) "
+        f"(best on validation) again with {spec.final_seeds} new seed(s) each")
+    if spec.resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=FixedConfigs(jobs), num_samples=len(jobs),
+                                        max_concurrent_trials=spec.max_concurrent),
+            run_config=tune.RunConfig(
+                name=path.rsplit("/", 1)[-1], storage_path=path.rsplit("/", 1)[0], callbacks=[logger], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     tuner.fit()
-    return tracking.leaderboard(uri, experiment=exp_name)
