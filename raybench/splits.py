@@ -119,6 +119,20 @@ def make_split(category: Category, mode: str = "real", val_share: float = DEFAUL
     return Split(category, mode, seed, val_share, list(category.train), validation, test)
 
 
+def check_few_shot_pool(splits: dict[str, Split], most: int) -> None:
+    """Trials may draw up to `most` real anomalies from validation: every category must hold more
+    (one at least stays to score validation). Checked before any trial."""
+    if most <= 0:
+        return
+    for name, split in splits.items():
+        pool = sum(s.label for s in split.fit_view().test)
+        if most >= pool:
+            raise ValueError(f"{name}: trials may train on up to {most} real anomalies (n_anomalies), but its "
+                             f"{split.mode} validation split offers {pool} real anomalous images and needs at "
+                             f"least one left to score: raise --val-split, --set n_anomalies={max(pool - 1, 1)}, "
+                             f"or --set anomaly_source=synthetic")
+
+
 def load_validation_set(split: Split, size: int, excluded=()):
     """Validation images, masks and labels at `size` (what evaluation.evaluate_scorer takes as
     `test_set`). `excluded`: real validation images a method trained on (left out)."""

@@ -24,7 +24,7 @@ from raybench.data import load_dataset, validate_category
 from raybench.methods.base import BOUNDING_BUDGETS, BUDGETS, get_method
 from raybench.run_logger import MLflowTrialLogger, close_interrupted_runs
 from raybench.search_space import SearchSpace, load_search_space
-from raybench.splits import DEFAULT_VAL_SHARE, make_split
+from raybench.splits import DEFAULT_VAL_SHARE, check_few_shot_pool, make_split
 from raybench.trial import TrialContext, build_config, quiet_ray_logs, run_trial
 
 __all__ = ["SweepSpec", "run_sweep", "build_config", "DATASET_PRESETS"]
@@ -174,6 +174,7 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         log(f"data: {cat.summary()}")
         splits[cat.name] = make_split(cat, spec.val_mode, spec.val_split, spec.split_seed)
         log(f"split: {splits[cat.name].summary()}")
+    check_few_shot_pool(splits, method.max_real_anomalies(first_config, space.distributions))
     if first_config.weights == "random":
         log("weights: RANDOM initialisation (asked for" + (" by the demo preset" if not spec.weights else "") + ")")
     else:  # fetch (or read) the weights once here, so a missing hub or file fails before any trial

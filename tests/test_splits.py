@@ -186,3 +186,21 @@ def test_final_seeds_retrain_the_validation_winner_per_variant():
     jobs = final_trial_configs(chosen, 2)
     assert [(j["category"], j["lr"], j["seed"]) for j in jobs] == [
         ("disc", 0.8, 1), ("disc", 0.8, 2), ("disc", 0.6, 1), ("disc", 0.6, 2), ("weave", 0.1, 1), ("weave", 0.1, 2)]
+
+
+def test_a_search_that_could_draw_too_many_real_anomalies_stops_before_any_trial(disc):
+    from raybench.splits import check_few_shot_pool
+    spec = get_method("siamese-unet")
+    space = load_search_space("siamese-unet")  # n_anomalies up to 10, anomaly_source real or synthetic
+    config = from_dict(spec.config_cls, {"weights": "random"})
+    assert spec.max_real_anomalies(config, space.distributions) == 10
+    splits = {"disc": make_split(disc)}  # 4 real anomalies in validation
+    with pytest.raises(ValueError, match="disc: trials may train on up to 10 real anomalies.*offers 4"):
+        check_few_shot_pool(splits, spec.max_real_anomalies(config, space.distributions))
+    three = from_dict(spec.config_cls, {"weights": "random", "n_anomalies": 3})  # as --set n_anomalies=3
+    check_few_shot_pool(splits, spec.max_real_anomalies(three, space.without({"n_anomalies"}).distributions))
+    synthetic_only = space.without({"anomaly_source"}).distributions
+    assert spec.max_real_anomalies(from_dict(spec.config_cls, {"anomaly_source": "synthetic"}), synthetic_only) == 0
+    assert get_method("rd").max_real_anomalies(from_dict(get_method("rd").config_cls, {}), {}) == 0
+    with pytest.raises(ValueError, match="offers 0"):  # synthetic validation has no real anomalies to train on
+        check_few_shot_pool({"disc": make_split(disc, "synthetic")}, 1)

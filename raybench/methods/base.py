@@ -34,6 +34,10 @@ def no_variant(config) -> str:
     return ""
 
 
+def no_real_anomalies(config, distributions: dict) -> int:
+    return 0
+
+
 @dataclass
 class FitResult:
     scorer: nn.Module
@@ -55,6 +59,9 @@ class MethodSpec:
     # a config -> the leaderboard row it belongs to beside the method ("" for one row), e.g. the
     # Siamese U-Net's real vs synthetic anomalies, reported apart as the paper's Ours(r) / Ours(s)
     variant: Callable[[object], str] = no_variant
+    # (config, the search's distributions) -> the most real anomalous images any trial may draw from
+    # `category.test` (few-shot training); the sweep checks the validation pool holds more
+    max_real_anomalies: Callable[[object, dict], int] = no_real_anomalies
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

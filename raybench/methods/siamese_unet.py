@@ -88,6 +88,17 @@ def variant(config: SiameseUNetConfig) -> str:
     return config.anomaly_source if uses_anomalies(config) else ""
 
 
+def max_real_anomalies(config: SiameseUNetConfig, distributions: dict) -> int:
+    """The most real anomalies a trial of this search may draw: 0 unless some trial can use real ones."""
+    def possible(name):  # the values a trial may take: sampled ones at their extremes
+        dist = distributions.get(name)
+        if dist is None:
+            return [getattr(config, name)]
+        return list(dist.choices) if hasattr(dist, "choices") else [dist.low, dist.high]
+    uses = True in possible("stage1") or (True in possible("stage2") and max(possible("epochs2")) > 0)
+    return int(max(possible("n_anomalies"))) if uses and "real" in possible("anomaly_source") else 0
+
+
 def build(config: SiameseUNetConfig) -> SiameseUNet:
     return SiameseUNet(config.backbone, list(config.layers), config.weights, config.image_size,
                        sigma=config.sigma, cpam=config.cpam, bottleneck_blocks=config.bottleneck_blocks,
@@ -312,7 +323,7 @@ register(MethodSpec(
     budgets={"smoke": dict(_SMOKE), "default": {"epochs1": 50, "epochs2": 5},
              "paper": {"epochs1": 200, "epochs2": 20}},
     description="Siamese U-Net: reverse-distillation T-S U-Net + CPAM, contrastive stage + deviation finetuning",
-    trained=True, variant=variant,
+    trained=True, variant=variant, max_real_anomalies=max_real_anomalies,
 ))
 
 register(MethodSpec(
