@@ -85,7 +85,8 @@ def resolve_base_config(spec: SweepSpec, space: SearchSpace) -> dict:
         raise ValueError(f"unknown budget {spec.budget!r}; choose one of {BUDGETS}")
     preset = DATASET_PRESETS.get(spec.dataset, {})
     # precedence (low -> high): config defaults, dataset preset, budget, search-space fixed,
-    # sampled values, --set
+    # sampled values, --set; smoke/paper budgets were taken out of the space (bound_by_budget),
+    # so for them the budget sits above fixed and sampled values
     base = {**preset.get("overrides", {}), **method.budgets.get(spec.budget, {}), **space.fixed}
     weights = spec.weights or preset.get("weights")
     if weights:
