@@ -141,7 +141,7 @@ def _log_run(client, exp_id, name, val, test, tags=None, final=False):
     return run.info.run_id
 
 
-def test_leaderboard_ranks_on_validation_and_reports_final_seeds(tracking_uri):
+def test_leaderboard_ranks_on_validation_and_reports_final_seeds(tracking_uri, capsys):
     c = tracking.client(tracking_uri)
     exp = tracking.ensure_experiment(tracking_uri, "raybench-demo")
     _log_run(c, exp, "planted", val=0.5, test=1.0)  # perfect on test, chance on validation
@@ -166,6 +166,12 @@ def test_leaderboard_ranks_on_validation_and_reports_final_seeds(tracking_uri):
     assert {r.sweep_id for r in tracking.leaderboard(tracking_uri, "demo")} == {"s2"}
     everything = tracking.leaderboard(tracking_uri, "demo", all_sweeps=True)
     assert [r.run_name for r in everything if r.method == "patchcore"] == ["later-sweep"]
+    from raybench.cli import main
+    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--sweep-id", "s1"]) == 0
+    assert "honest" in capsys.readouterr().out
+    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--all-sweeps"]) == 0
+    out = capsys.readouterr().out
+    assert "later-sweep" in out and "honest" not in out
     # best_model's order: validation first, whatever test says
     names = [r.info.run_name for r in tracking.finished_runs(tracking_uri, "demo", "disc", "patchcore")]
     assert names.index("honest") < names.index("planted")
