@@ -122,7 +122,8 @@ class Detector:
     def evaluate(self, data_root=None, dataset: str | None = None, category: str | None = None) -> dict:
         """Recompute the test metrics on the test split this detector was scored on: the split is
         rebuilt from the seed it records and must have the same file list (`test_split_hash`).
-        A detector that records no split (not made by a sweep) is scored on the whole test split."""
+        A detector that records no split (not made by a sweep) is scored on the whole test split
+        less the `excluded_test` images it trained on."""
         from raybench.data import load_dataset
         from raybench.errors import DatasetError
         from raybench.evaluation import evaluate_scorer
@@ -140,7 +141,8 @@ class Detector:
                                                         f"is not the one this detector was scored on "
                                                         f"({recorded['test_split_hash'][:12]}): the data differ")
             cat = split.test_view()
-        metrics = evaluate_scorer(self.scorer, cat, self.device)
+        # a checkpoint from before splits existed names the test images it trained on: left out
+        metrics = evaluate_scorer(self.scorer, cat, self.device, () if recorded else self.meta.get("excluded_test", []))
         metrics["test_split_hash"] = split.test_split_hash if recorded else None
         return metrics
 
