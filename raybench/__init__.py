@@ -7,9 +7,10 @@ __version__ = "0.1.0"
 
 def best_model(category: str, dataset: str | None = None, method: str | None = None,
                tracking_uri: str | None = None, device: str | None = None, alias: str | None = None):
-    """The Detector of the best FINISHED run for `category` (highest image AUROC, pixel AUROC
-    breaks ties), optionally restricted to a dataset and/or method. With `alias` (e.g.
-    "champion"), the registered model `raybench-<dataset>-<category>@alias` instead."""
+    """The Detector of the best FINISHED run for `category` by validation (image AUROC on the
+    validation split, its pixel AUROC breaks ties; test never ranks), optionally restricted to a
+    dataset and/or method. With `alias` (e.g. "champion"), the registered model
+    `raybench-<dataset>-<category>@alias` instead."""
     from raybench import tracking
     from raybench.detector import Detector
     if alias:

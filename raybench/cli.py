@@ -89,9 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip registering each category's best run (raybench-<dataset>-<category>@champion)")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip each trial's overlay grid, ROC/PR curves and score histogram (MLflow artifacts)")
+    p.add_argument("--val-split", type=float, default=0.3,
+                   help="validation share: of the test images per defect type and of the good ones (real), "
+                        "or of the training normals (synthetic); default 0.3")
+    p.add_argument("--val-mode", default="real", choices=("real", "synthetic"),
+                   help="validation from real test images (default) or held-out normals + synthetic anomalies")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation/test split")
+    p.add_argument("--final-seeds", type=int, default=None,
+                   help="retrain each category's chosen config with N new seeds; test mean +- std (demo: 2, else 0)")
 
-    p = sub.add_parser("leaderboard", help="best image/pixel AUROC per category x method")
+    p = sub.add_parser("leaderboard", help="per category x method: chosen on validation, test beside it")
     p.add_argument("dataset", nargs="?", default=None, help="only this dataset's experiment (default: every raybench-* experiment)")
+    p.add_argument("--all-sweeps", action="store_true", help="every sweep (default: the latest one)")
+    p.add_argument("--sweep-id", default=None, help="this sweep (default: the latest one)")
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with the best model of a category")
@@ -154,12 +164,17 @@ def cmd_sweep(args) -> int:
     unknown = [k for k in overrides if not any(k in f for f in fields.values())]
     if unknown:
         raise ValueError(f"--set {unknown}: not a parameter of {', '.join(methods)} (see `raybench methods`)")
+    if args.final_seeds is None:
+        args.final_seeds = DATASET_PRESETS.get(args.dataset, {}).get("final_seeds", 0)
+    if not args.sweep_id and not args.resume:  # one sweep id for every method: one leaderboard
+        from raybench.sweep import new_sweep_id
+        args.sweep_id = new_sweep_id()
     rows, failed, total, started_ms = [], 0, 0, int(time.time() * 1000)
     for method in methods:  # one after the other; each sweep runs its categories concurrently
         own = {k: v for k, v in overrides.items() if k in fields[method]}  # e.g. epochs1 is rd's only
         rows = run_sweep(_spec(args, method, trials, gpus, own))
         failed, total = failed + rows.failed, total + rows.total
-    print("\nLeaderboard (best FINISHED run per category x method):")
+    print("\nLeaderboard of this sweep (best FINISHED run per category x method, chosen on validation):")
     print(format_leaderboard(rows))
     if not args.no_register:
         from raybench.registry import register
@@ -196,12 +211,14 @@ def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
         gpus_per_trial=gpus, workers=args.workers, seed=args.seed, weights=args.weights,
         budget=args.budget, overrides=overrides, storage=args.storage,
         sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent,
-        kinds=parse_kinds(args.kinds), figures=args.figures)
+        kinds=parse_kinds(args.kinds), figures=args.figures, val_split=args.val_split, val_mode=args.val_mode,
+        split_seed=args.split_seed, final_seeds=args.final_seeds)
 
 
 def cmd_leaderboard(args) -> int:
     from raybench.tracking import format_leaderboard, leaderboard, require_existing_store
-    print(format_leaderboard(leaderboard(require_existing_store(args.tracking_uri), args.dataset)))
+    print(format_leaderboard(leaderboard(require_existing_store(args.tracking_uri), args.dataset,
+                                         sweep_id=args.sweep_id, all_sweeps=args.all_sweeps)))
     return 0
 
 

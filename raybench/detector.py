@@ -76,9 +76,9 @@ class Detector:
 
     @property
     def image_threshold(self) -> float | None:
-        """Image scores >= this are called anomalous: the F1-max threshold on the category's test
-        split when the detector was scored (None if it never was). Recalibrate on your own images
-        where the cost of a miss and of a false alarm differ."""
+        """Image scores >= this are called anomalous: the F1-max threshold on the category's
+        validation split when the sweep scored the detector (never on test; None if it never was).
+        Recalibrate on your own images where the cost of a miss and of a false alarm differ."""
         return self.meta.get("image_threshold")
 
     @property
@@ -122,15 +122,31 @@ class Detector:
         return {k: self.meta[k] for k in ("image_threshold", "pixel_threshold", "threshold_source")}
 
     def evaluate(self, data_root=None, dataset: str | None = None, category: str | None = None) -> dict:
-        """Recompute the metrics on the test set this detector was scored on (same exclusions)."""
+        """Recompute the test metrics on the test split this detector was scored on: the split is
+        rebuilt from the seed it records and must have the same file list (`test_split_hash`).
+        A detector that records no split (not made by a sweep) is scored on the whole test split
+        less the `excluded_test` images it trained on."""
         from raybench.data import load_dataset
+        from raybench.errors import DatasetError
         from raybench.evaluation import evaluate_scorer
+        from raybench.splits import make_split
         dataset = dataset or self.meta.get("dataset")
         category = category or self.meta.get("category")
         if not dataset or not category:
             raise ValueError("this detector does not record its dataset/category: pass them")
         (cat,) = load_dataset(dataset, data_root, [category])
-        return evaluate_scorer(self.scorer, cat, self.device, self.meta.get("excluded_test", []))
+        recorded = self.meta.get("split")
+        if recorded:
+            split = make_split(cat, recorded["mode"], recorded["val_share"], recorded["seed"])
+            if split.test_split_hash != recorded["test_split_hash"]:
+                raise DatasetError(cat.root / cat.name, f"the test split rebuilt here (hash {split.test_split_hash[:12]}) "
+                                                        f"is not the one this detector was scored on "
+                                                        f"({recorded['test_split_hash'][:12]}): the data differ")
+            cat = split.test_view()
+        # a checkpoint from before splits existed names the test images it trained on: left out
+        metrics = evaluate_scorer(self.scorer, cat, self.device, () if recorded else self.meta.get("excluded_test", []))
+        metrics["test_split_hash"] = split.test_split_hash if recorded else None
+        return metrics
 
     # ---- persistence (weights only) ----
     def save(self, folder) -> Path:

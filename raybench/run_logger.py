@@ -20,13 +20,18 @@ INTERRUPTED = ("interrupted: the sweep stopped before this trial ended "
                "(`raybench sweep ... --resume` reruns it)")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
-LOGGED_METRICS = tracking.METRICS + tracking.THRESHOLDS + (
-    "fit_seconds", "inference_seconds", "inference_images_per_second", "n_test_scored", "epoch", "workers")
+LOGGED_METRICS = tracking.METRICS + tracking.VAL_METRICS + tracking.THRESHOLDS + (
+    "fit_seconds", "inference_seconds", "inference_images_per_second", "n_test_scored", "n_val_scored",
+    "eval_resolution", "epoch", "workers")
 
 
 class MLflowTrialLogger(Callback):
-    def __init__(self, uri: str, experiment_id: str, tags: dict, total: int):
+    """`per_category`: category -> {"tags": ..., "params": ...} every run of it carries from the
+    start (the split: test_split_hash, seed, counts)."""
+
+    def __init__(self, uri: str, experiment_id: str, tags: dict, total: int, per_category: dict | None = None):
         self.uri, self.experiment_id, self.tags, self.total = uri, experiment_id, dict(tags), total
+        self.per_category = dict(per_category or {})
         self._client = None
         self._runs: dict[str, str] = {}
         self._params_logged: set[str] = set()
@@ -60,9 +65,13 @@ class MLflowTrialLogger(Callback):
                     self.client.delete_tag(run_id, "error")
         else:
             category = trial.config.get("category", "?")
-            tags = {**self.tags, "category": category, "trial_id": trial.trial_id,
+            extra = self.per_category.get(category, {})
+            tags = {**self.tags, **extra.get("tags", {}), "category": category, "trial_id": trial.trial_id,
                     "mlflow.runName": f"{category}-{self.tags['method']}-{trial.trial_id}"}
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+            if extra.get("params"):
+                from mlflow.entities import Param
+                self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in extra["params"].items()])
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -98,6 +107,8 @@ class MLflowTrialLogger(Callback):
             return
         self._log_params(run_id, result)
         self._log_metrics(run_id, result)
+        if result.get("variant"):  # e.g. siamese-unet real / synthetic anomalies: leaderboard rows apart
+            self.client.set_tag(run_id, "variant", result["variant"])
 
     def _progress(self, trials, trial) -> str:
         """[ended/total] from Tune's own trial states, so a resumed sweep neither skips nor repeats numbers."""
@@ -125,10 +136,13 @@ class MLflowTrialLogger(Callback):
             self.client.set_tag(run_id, "checkpoint", "no")
             self.client.set_tag(run_id, "stopped_early", "yes")
         self.client.set_terminated(run_id, "FINISHED")
-        print(f"{progress} {trial.config.get('category')} {self.tags['method']}: "
-              f"image AUROC {result.get('image_auroc', float('nan')):.4f}, "
-              f"pixel AUROC {result.get('pixel_auroc', float('nan')):.4f}, "
-              f"fit {result.get('fit_seconds', float('nan')):.1f} s", flush=True)
+        nan = float("nan")
+        print(f"{progress} {trial.config.get('category')} {self.tags['method']}"
+              f"{' (' + result['variant'] + ')' if result.get('variant') else ''}"
+              f"{' final seed ' + str(trial.config.get('seed')) if self.tags.get('final') else ''}: "
+              f"image AUROC val {result.get('val_image_auroc', nan):.4f} / test {result.get('image_auroc', nan):.4f}, "
+              f"pixel AUROC val {result.get('val_pixel_auroc', nan):.4f} / test {result.get('pixel_auroc', nan):.4f}, "
+              f"fit {result.get('fit_seconds', nan):.1f} s", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)

@@ -26,11 +26,12 @@ from raybench.config import field_types, from_dict
 from raybench.data import load_dataset, validate_category
 from raybench.errors import ConfigError, SweepInterrupted
 from raybench.local_ray import start_local_ray
-from raybench.methods.base import BUDGETS, get_method
+from raybench.methods.base import BOUNDING_BUDGETS, BUDGETS, get_method
 from raybench.models.weights import describe as describe_weights
 from raybench.progress import ProgressLine
 from raybench.run_logger import INTERRUPTED, MLflowTrialLogger, close_interrupted_runs
 from raybench.search_space import SearchSpace, load_search_space
+from raybench.splits import DEFAULT_VAL_SHARE, check_few_shot_pool, make_split
 from raybench.trial import TrialContext, build_config, quiet_ray_logs, run_trial
 
 __all__ = ["SweepSpec", "SweepOutcome", "run_sweep", "build_config", "DATASET_PRESETS"]
@@ -39,7 +40,8 @@ __all__ = ["SweepSpec", "SweepOutcome", "run_sweep", "build_config", "DATASET_PR
 # package (raybench[weights]), for the saliency net of cutswap too
 DATASET_PRESETS = {"demo": {"weights": "imagenet", "trials": 4,
                             "overrides": {"image_size": 128, "backbone": "tf_efficientnet_lite0",
-                                          "saliency_net": "tf_efficientnet_lite0"}}}
+                                          "saliency_net": "tf_efficientnet_lite0"},
+                            "final_seeds": 2}}
 
 
 @dataclass
@@ -68,6 +70,11 @@ class SweepSpec:
     max_failures: int = 2  # retries of a trial whose node or worker died
     kinds: dict = field(default_factory=dict)  # category -> "object" | "texture" (--kind)
     figures: bool = True  # each trial's overlays, curves and histogram as MLflow artifacts
+
+    val_split: float = DEFAULT_VAL_SHARE  # share of the test images (real) or training normals (synthetic)
+    val_mode: str = "real"  # real | synthetic: what validation is made of (raybench.splits)
+    split_seed: int = 0  # the split depends on (dataset, category, split_seed) alone
+    final_seeds: int = 0  # retrain each category's chosen config with this many new seeds
 
 
 class SweepOutcome(list):
@@ -98,7 +105,8 @@ def own_resume_hint():
 def check_spec(spec: SweepSpec) -> None:
     """The sweep's own numbers (the method's config is checked by config.from_dict)."""
     for name, value, least in (("trials", spec.trials, 1), ("workers", spec.workers, 1),
-                               ("max_concurrent", spec.max_concurrent, 1), ("max_failures", spec.max_failures, 0)):
+                               ("max_concurrent", spec.max_concurrent, 1), ("max_failures", spec.max_failures, 0),
+                               ("final_seeds", spec.final_seeds, 0), ("split_seed", spec.split_seed, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise ConfigError(f"{name}: must be an integer >= {least}, got {value!r}")
     if not spec.cpus_per_trial > 0:
@@ -107,13 +115,31 @@ def check_spec(spec: SweepSpec) -> None:
         raise ConfigError(f"gpus_per_trial: must be >= 0, got {spec.gpus_per_trial!r}")
 
 
+def new_sweep_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def bound_by_budget(space: SearchSpace, method, budget: str, log=print) -> SearchSpace:
+    """smoke and paper take their keys out of the search (as --set does), so the search can never
+    draw past the budget: smoke stays smoke, paper is the papers' schedule. default leaves the
+    search space's ranges alone and fills only what it does not sample."""
+    if budget not in BOUNDING_BUDGETS:
+        return space
+    values = method.budgets.get(budget, {})
+    taken = sorted(k for k in values if k in space.distributions)
+    if taken:
+        log(f"budget {budget}: {', '.join(f'{k}={values[k]}' for k in taken)} fixed (taken out of the search)")
+    return space.without(values)
+
+
 def resolve_base_config(spec: SweepSpec, space: SearchSpace) -> dict:
     method = get_method(spec.method)
     if spec.budget not in BUDGETS:
         raise ValueError(f"unknown budget {spec.budget!r}; choose one of {BUDGETS}")
     preset = DATASET_PRESETS.get(spec.dataset, {})
     # precedence (low -> high): config defaults, dataset preset, budget, search-space fixed,
-    # sampled values, --set
+    # sampled values, --set; smoke/paper budgets were taken out of the space (bound_by_budget),
+    # so for them the budget sits above fixed and sampled values
     base = {**preset.get("overrides", {}), **method.budgets.get(spec.budget, {}), **space.fixed}
     weights = spec.weights or preset.get("weights")
     if weights:
@@ -192,6 +218,7 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         overrides = from_dict(method.config_cls, {**spec.overrides}, method=spec.method).__dict__
         overrides = {k: v for k, v in overrides.items() if k in spec.overrides}
         space = space.without(overrides)
+    space = bound_by_budget(space, method, spec.budget, log)
     base = resolve_base_config(spec, space)
     first_config = from_dict(method.config_cls, {**base, **overrides}, method=spec.method)  # fails early
 
@@ -199,9 +226,13 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     stray = sorted(set(spec.kinds) - {c.name for c in categories})
     if stray:
         raise ConfigError(f"--kind names {stray}, not among this sweep's categories {[c.name for c in categories]}")
+    splits = {}
     for cat in categories:  # every file opened once: a bad one stops us here, named
         validate_category(cat)
         log(f"data: {cat.summary()}")
+        splits[cat.name] = make_split(cat, spec.val_mode, spec.val_split, spec.split_seed)
+        log(f"split: {splits[cat.name].summary()}")
+    check_few_shot_pool(splits, method.max_real_anomalies(first_config, space.distributions))
     log(f"weights: {describe_weights(first_config.backbone, first_config.weights)}"
         + (" (the demo preset)" if spec.dataset in DATASET_PRESETS and not spec.weights else ""))
     for line in method.check(first_config):  # fetch (or read) weights once: a bad hub or file fails here
@@ -219,7 +250,14 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
         sweep_id = read_latest_sweep_id(root, spec.dataset, spec.method)
         if sweep_id is None:
             raise ValueError(f"--resume: no earlier sweep of {spec.dataset}/{spec.method} under {root}; pass --sweep-id")
-    sweep_id = sweep_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    if spec.resume and sweep_id:  # a resumed sweep keeps its split: same seed, share, mode and data
+        for name, logged in tracking.sweep_split_hashes(uri, experiment_id, sweep_id).items():
+            now = splits.get(name)
+            if now is not None and now.test_split_hash != logged:
+                raise ValueError(f"--resume of sweep {sweep_id}: {name}'s test split would change (hash "
+                                 f"{logged[:12]} logged, {now.test_split_hash[:12]} now); resume with the same "
+                                 f"--split-seed, --val-split, --val-mode and data")
+    sweep_id = sweep_id or new_sweep_id()
     run_name = f"{spec.dataset}-{spec.method.replace('-', '_')}-{sweep_id}"
     write_latest_sweep_id(root, spec, sweep_id)
 
@@ -235,7 +273,9 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     ctx = TrialContext(spec.dataset, spec.data_root, spec.method, base, overrides, spec.workers,
-                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained, kinds=dict(spec.kinds),
+                       spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained,
+                       split_mode=spec.val_mode, val_share=spec.val_split, split_seed=spec.split_seed,
+                       test_hashes={n: sp.test_split_hash for n, sp in splits.items()}, kinds=dict(spec.kinds),
                        figures=spec.figures)
     if spec.workers > 1:
         resources = {"cpu": 0.1}  # the trial only drives a TorchTrainer; its workers hold the devices
@@ -244,7 +284,9 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     tags = {"dataset": spec.dataset, "method": spec.method, "sweep_id": sweep_id, "budget": spec.budget,
             "git_commit": tracking.git_commit(), "raybench": "1"}
-    logger = MLflowTrialLogger(uri, experiment_id, tags, total)
+    per_category = {n: {"tags": {"test_split_hash": sp.test_split_hash}, "params": sp.params()}
+                    for n, sp in splits.items()}
+    logger = MLflowTrialLogger(uri, experiment_id, tags, total, per_category)
     log(f"sweep {sweep_id}: {spec.method} on {spec.dataset} [{', '.join(names)}], {spec.trials} trial(s) each, "
         f"{spec.cpus_per_trial:g} CPU + {gpus:g} GPU per trial{f' x {spec.workers} workers' if spec.workers > 1 else ''}; "
         f"MLflow {uri} experiment {exp_name!r}")
@@ -275,18 +317,27 @@ def run_sweep(spec: SweepSpec, log=print) -> list:
     quiet_ray_logs()
     with own_resume_hint():
         results = tuner.fit()
-    # MLflow holds each trial's fate, across resumes too: FINISHED, FAILED with its error, or
-    # FAILED as interrupted (Tune itself ends the trials it cut off as TERMINATED)
-    outcome = sweep_outcome(uri, experiment_id, sweep_id, spec.method)
-    ended = outcome["FINISHED"] + outcome["FAILED"]
-    if ended < total:  # Tune stopped early: Ctrl-C (SIGINT) or SIGUSR1
-        raise SweepInterrupted(
-            f"sweep {sweep_id} interrupted: {ended} of {total} trial(s) ended; finish it with the same "
-            f"command plus `--resume --sweep-id {shlex.quote(sweep_id)}`")
-    rows = tracking.leaderboard(uri, experiment=exp_name)
+        _raise_if_interrupted(uri, experiment_id, sweep_id, spec.method, total)
+        if spec.final_seeds > 0:  # only after every search trial ended: the winners are known
+            total += _run_final_seeds(spec, results, ctx, resources, tags, per_category, uri, experiment_id,
+                                      f"{root.rstrip('/')}/{run_name}-final", log)
+    outcome = _raise_if_interrupted(uri, experiment_id, sweep_id, spec.method, total)
+    rows = tracking.leaderboard(uri, experiment=exp_name, sweep_id=sweep_id)
     from raybench.sweep_summary import summarise_sweep
     summarise_sweep(uri, experiment_id, exp_name, tags, results, space, rows, log)  # winner tags, the sweep's charts
     return SweepOutcome(rows, sweep_id=sweep_id, total=total, failed=outcome["FAILED"])
+
+
+def _raise_if_interrupted(uri: str, experiment_id: str, sweep_id: str, method: str, expected: int) -> dict:
+    # MLflow holds each trial's fate, across resumes too: FINISHED, FAILED with its error, or
+    # FAILED as interrupted (Tune itself ends the trials it cut off as TERMINATED)
+    outcome = sweep_outcome(uri, experiment_id, sweep_id, method)
+    ended = outcome["FINISHED"] + outcome["FAILED"]
+    if ended < expected:  # Tune stopped early: Ctrl-C (SIGINT) or SIGUSR1
+        raise SweepInterrupted(
+            f"sweep {sweep_id} interrupted: {ended} of {expected} trial(s) ended; finish it with the same "
+            f"command plus `--resume --sweep-id {shlex.quote(sweep_id)}`")
+    return outcome
 
 
 def sweep_outcome(uri: str, experiment_id: str, sweep_id: str, method: str) -> dict:
@@ -296,3 +347,33 @@ def sweep_outcome(uri: str, experiment_id: str, sweep_id: str, method: str) -> d
         if run.info.status == "FINISHED" or (run.info.status == "FAILED" and run.data.tags.get("error") != INTERRUPTED):
             counts[run.info.status] += 1
     return counts
+
+def _run_final_seeds(spec, results, ctx, resources, tags, per_category, uri, experiment_id, path, log) -> int:
+    """The chosen configuration of each category (and variant) again with new seeds: a second Tune
+    run, configs fixed, no early stopping, runs tagged `final`."""
+    from dataclasses import replace
+
+    from raybench.final_seeds import FixedConfigs, chosen_configs, final_trial_configs
+    ctx = replace(ctx, report_epochs=False, overrides={k: v for k, v in ctx.overrides.items() if k != "seed"})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    jobs = final_trial_configs(chosen_configs(results), spec.final_seeds)
+    if not jobs:
+        log("final seeds: no finished trial to retrain")
+        return 0
+    logger = MLflowTrialLogger(uri, experiment_id, {**tags, "final": "yes"}, len(jobs), per_category)
+    log(f"final seeds: the chosen configuration of {len(jobs) // spec.final_seeds} category/variant(s) "
+        f"(best on validation) again with {spec.final_seeds} new seed(s) each")
+    if spec.resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=FixedConfigs(jobs), num_samples=len(jobs),
+                                        max_concurrent_trials=spec.max_concurrent),
+            run_config=tune.RunConfig(
+                name=path.rsplit("/", 1)[-1], storage_path=path.rsplit("/", 1)[0], callbacks=[logger], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    tuner.fit()
+    return len(jobs)

@@ -19,8 +19,10 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow 3's UI opens an untyped experiment on its GenAI overview; this type opens the runs table
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 EXPERIMENT_PREFIX = "raybench-"
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
-THRESHOLDS = ("image_threshold", "pixel_threshold")  # F1-max cuts; the Detector keeps them too
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")  # on the test split
+VAL_METRICS = tuple(f"val_{m}" for m in METRICS)  # on the validation split: the only ones that rank
+THRESHOLDS = ("image_threshold", "pixel_threshold")  # validation's F1-max cuts; the Detector keeps them
+RANK_BY = ("val_image_auroc", "val_pixel_auroc")
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -160,9 +162,15 @@ def search_runs(c, experiment_ids: list[str], tags: dict, status: str | None = N
     return runs[:max_results] if max_results else runs
 
 
+def _score(run, name: str) -> float:  # a missing or NaN metric ranks last
+    value = run.data.metrics.get(name, -math.inf)
+    return -math.inf if math.isnan(value) else value
+
+
 def finished_runs(uri: str | None = None, dataset: str | None = None, category: str | None = None,
                   method: str | None = None, experiment: str | None = None) -> list:
-    """FINISHED runs, best first: image AUROC, then pixel AUROC breaks ties."""
+    """FINISHED runs scored on validation, best first: validation image AUROC, then validation
+    pixel AUROC breaks ties. Test metrics never rank (runs from before validation existed are left out)."""
     c = client(uri)
     if experiment:
         exp = c.get_experiment_by_name(experiment)
@@ -173,13 +181,18 @@ def finished_runs(uri: str | None = None, dataset: str | None = None, category: 
         return []
     tags = {k: v for k, v in (("category", category), ("method", method)) if v}
     runs = search_runs(c, [e.experiment_id for e in exps], tags, status="FINISHED")
+    runs = [r for r in runs if RANK_BY[0] in r.data.metrics]
+    return sorted(runs, key=lambda r: tuple(_score(r, m) for m in RANK_BY), reverse=True)
 
-    def score(run, name: str) -> float:  # a missing or NaN metric ranks last
-        value = run.data.metrics.get(name, -math.inf)
-        return -math.inf if math.isnan(value) else value
 
-    runs = [r for r in runs if "image_auroc" in r.data.metrics]
-    return sorted(runs, key=lambda r: (score(r, "image_auroc"), score(r, "pixel_auroc")), reverse=True)
+def sweep_split_hashes(uri: str, experiment_id: str, sweep_id: str) -> dict[str, str]:
+    """category -> test_split_hash of the runs a sweep logged so far (a resume must match them)."""
+    out = {}
+    for run in client(uri).search_runs([experiment_id], f"tags.sweep_id = '{sweep_id}'", max_results=5000):
+        tags = run.data.tags
+        if "test_split_hash" in tags:
+            out.setdefault(tags.get("category", "?"), tags["test_split_hash"])
+    return out
 
 
 @dataclass
@@ -187,39 +200,106 @@ class LeaderboardRow:
     dataset: str
     category: str
     method: str
-    image_auroc: float
+    variant: str  # e.g. siamese-unet's real / synthetic anomalies: separate rows
+    val_image_auroc: float  # what chose the run
+    val_pixel_auroc: float
+    image_auroc: float  # the chosen run's test figures
     pixel_auroc: float
     aupro: float
-    n_runs: int
+    n_runs: int  # search runs of the group (finals not counted)
     run_id: str
-    run_name: str = ""  # what the MLflow UI shows for the run
+    run_name: str = ""
+    sweep_id: str = ""
+    budget: str = ""
+    weights: str = ""
+    image_size: str = ""
+    eval_resolution: str = ""
+    n_test: int = 0
+    # --final-seeds: the chosen configuration retrained with new seeds, test mean / std over them
+    final_n: int = 0
+    final_image_auroc_mean: float = math.nan
+    final_image_auroc_std: float = math.nan
+    final_pixel_auroc_mean: float = math.nan
+    final_pixel_auroc_std: float = math.nan
 
 
-def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: str | None = None) -> list[LeaderboardRow]:
-    """Best run per (dataset, category, method) among FINISHED runs that kept a checkpoint (the
-    run `best_model` would load); `n_runs` counts every FINISHED run of the group."""
+def latest_sweep_id(runs) -> str | None:
+    runs = [r for r in runs if r.data.tags.get("sweep_id")]
+    return max(runs, key=lambda r: r.info.start_time or 0).data.tags["sweep_id"] if runs else None
+
+
+def _group_key(run) -> tuple:
+    """Runs compared in one row: same data, method, variant, budget, weights, size and test split."""
+    t, p = run.data.tags, run.data.params
+    return (t.get("dataset", "?"), t.get("category", "?"), t.get("method", "?"), t.get("variant", ""),
+            t.get("budget", ""), p.get("weights", ""), p.get("image_size", ""), t.get("test_split_hash", ""))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    import numpy as np
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: str | None = None,
+                sweep_id: str | None = None, all_sweeps: bool = False) -> list[LeaderboardRow]:
+    """Per (dataset, category, method, variant) and comparable setting: the run with the best
+    validation image AUROC among FINISHED runs that kept a checkpoint (the run `best_model` would
+    load), with its test figures. One sweep by default (`sweep_id`, else the latest); every sweep
+    with `all_sweeps`. Runs tagged `final` (--final-seeds) never compete: they give the mean and
+    std of test over the retrained chosen configuration."""
+    runs = finished_runs(uri, dataset, experiment=experiment)  # best first
+    if not all_sweeps:
+        sweep_id = sweep_id or latest_sweep_id(runs)
+        runs = [r for r in runs if r.data.tags.get("sweep_id") == sweep_id]
     groups: dict[tuple, list] = {}
-    for run in finished_runs(uri, dataset, experiment=experiment):  # best first
-        tags = run.data.tags
-        groups.setdefault((tags.get("dataset", "?"), tags.get("category", "?"), tags.get("method", "?")), []).append(run)
+    for run in runs:
+        groups.setdefault(_group_key(run), []).append(run)
     rows = []
-    for key, runs in groups.items():
-        with_model = [r for r in runs if r.data.tags.get("checkpoint") == "yes"]
-        best = (with_model or runs)[0]
-        m = best.data.metrics
-        rows.append(LeaderboardRow(*key, m.get("image_auroc", math.nan), m.get("pixel_auroc", math.nan),
-                                   m.get("aupro", math.nan), len(runs), best.info.run_id, best.info.run_name or ""))
-    return sorted(rows, key=lambda r: (r.dataset, r.category, -r.image_auroc))
+    for key, members in groups.items():
+        search = [r for r in members if r.data.tags.get("final") != "yes"]
+        finals = [r for r in members if r.data.tags.get("final") == "yes"]
+        if not search:
+            continue
+        with_model = [r for r in search if r.data.tags.get("checkpoint") == "yes"]
+        best = (with_model or search)[0]
+        m, t, p = best.data.metrics, best.data.tags, best.data.params
+        img = _mean_std([r.data.metrics.get("image_auroc", math.nan) for r in finals])
+        pix = _mean_std([r.data.metrics.get("pixel_auroc", math.nan) for r in finals])
+        eval_res = m.get("eval_resolution")
+        rows.append(LeaderboardRow(
+            *key[:4], m.get("val_image_auroc", math.nan), m.get("val_pixel_auroc", math.nan),
+            m.get("image_auroc", math.nan), m.get("pixel_auroc", math.nan), m.get("aupro", math.nan),
+            len(search), best.info.run_id, best.info.run_name or "", t.get("sweep_id", ""), t.get("budget", ""),
+            p.get("weights", ""), p.get("image_size", ""), "" if eval_res is None else f"{eval_res:g}",
+            int(m.get("n_test_scored", 0)), len(finals), *img, *pix))
+    return sorted(rows, key=lambda r: (r.dataset, r.category, -r.val_image_auroc))
+
+
+def _f(x: float, width: int) -> str:
+    return f"{'-':>{width}}" if math.isnan(x) else f"{x:>{width}.4f}"
 
 
 def format_leaderboard(rows: list[LeaderboardRow]) -> str:
+    """Validation (what ranked) beside the chosen run's test figures, labelled; the final seeds'
+    test mean +- std where the sweep ran them."""
     if not rows:
         return "(no finished runs)"
-    head = f"{'dataset':<10} {'category':<16} {'method':<14} {'img AUROC':>9} {'pix AUROC':>9} {'AUPRO':>7} {'runs':>5}  run (MLflow run name)"
-    lines = [head, "-" * len(head)]
+    head = (f"{'dataset':<10} {'category':<14} {'method':<24} {'VAL img':>7} {'VAL pix':>7} | "
+            f"{'TEST img':>8} {'TEST pix':>8} {'AUPRO':>6} | {'TEST img, final seeds':>21} | "
+            f"{'runs':>4} {'budget':<7} {'weights':<8} {'size/eval':>9} {'n_test':>6}  run")
+    lines = ["ranked by VAL (validation split); TEST = the chosen run on the untouched test split", head,
+             "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.dataset:<10} {r.category:<16} {r.method:<14} {r.image_auroc:>9.4f} "
-                     f"{r.pixel_auroc:>9.4f} {r.aupro:>7.4f} {r.n_runs:>5}  {r.run_name or r.run_id[:8]}")
+        method = f"{r.method} ({r.variant})" if r.variant else r.method
+        final = f"{r.final_image_auroc_mean:.4f} ± {r.final_image_auroc_std:.4f} (n={r.final_n})" if r.final_n else "-"
+        weights = r.weights if len(r.weights) <= 8 else "…" + r.weights[-7:]
+        lines.append(f"{r.dataset:<10} {r.category:<14} {method:<24} {_f(r.val_image_auroc, 7)} "
+                     f"{_f(r.val_pixel_auroc, 7)} | {_f(r.image_auroc, 8)} {_f(r.pixel_auroc, 8)} "
+                     f"{_f(r.aupro, 6)} | {final:>21} | {r.n_runs:>4} {r.budget:<7} {weights:<8} "
+                     f"{r.image_size + '/' + r.eval_resolution:>9} {r.n_test:>6}  {r.run_name}")
     return "\n".join(lines)
 
 

@@ -17,12 +17,13 @@ from raybench.category_search import ERROR_REPORT, METRIC as METRIC_NAME
 from raybench.config import from_dict, to_dict
 from raybench.data import load_dataset
 from raybench.detector import Detector
-from raybench.errors import RaybenchError
-from raybench.evaluation import evaluate_scorer, load_test_set
+from raybench.errors import DatasetError, RaybenchError
+from raybench.evaluation import evaluate_scorer
 from raybench.figures import FIGURES_DIR
 from raybench.methods.base import get_method, provenance
 from raybench.models.common import pick_device
 from raybench.search_space import decode_params
+from raybench.splits import DEFAULT_VAL_SHARE, Split, load_validation_set, make_split
 
 
 @dataclass
@@ -37,6 +38,10 @@ class TrialContext:
     cpus_per_trial: float
     gpus_per_trial: float
     report_epochs: bool
+    split_mode: str = "real"
+    val_share: float = DEFAULT_VAL_SHARE
+    split_seed: int = 0
+    test_hashes: dict | None = None  # category -> test_split_hash the driver saw (checked in the trial)
     kinds: dict = field(default_factory=dict)  # category -> object | texture, set by the user
     figures: bool = True  # overlay grid, curves, histogram beside the checkpoint (raybench.figures)
 
@@ -46,21 +51,40 @@ def build_config(method: str, base: dict, sampled: dict, overrides: dict):
     return from_dict(spec.config_cls, {**base, **sampled, **overrides}, method=method)
 
 
+def trial_split(ctx: TrialContext, category) -> Split:
+    """The category's split, rebuilt from (dataset, category, split seed); it must be the one the
+    driver logged (data changed under a running sweep would otherwise go unnoticed)."""
+    split = make_split(category, ctx.split_mode, ctx.val_share, ctx.split_seed)
+    expected = (ctx.test_hashes or {}).get(category.name)
+    if expected and split.test_split_hash != expected:
+        raise DatasetError(category.root / category.name, f"test split hash {split.test_split_hash[:12]} differs "
+                                                          f"from the sweep's {expected[:12]}: the data changed")
+    return split
+
+
+def validation_metrics(scorer, split: Split, device, excluded=(), full: bool = True, val_set=None,
+                       predictions: dict | None = None) -> dict:
+    """Metrics on the validation split, named val_*; `predictions` is filled for the figures."""
+    val_set = val_set if val_set is not None else load_validation_set(split, scorer.image_size, excluded)
+    metrics = evaluate_scorer(scorer, None, device, full=full, test_set=val_set, predictions=predictions)
+    return {f"val_{k}": v for k, v in metrics.items() if not k.startswith(("inference", "n_test"))} | {
+        "n_val_scored": metrics["n_test_scored"]}
+
+
 class EpochReporter:
-    """on_epoch hook for ASHA: quick metrics (no AUPRO) after every epoch, `epoch` as the resource.
-    The test images are read once and kept, not re-read every epoch."""
+    """on_epoch hook for ASHA: quick validation metrics (no AUPRO) after every epoch, `epoch` as the
+    resource. Test is never scored here. The validation images are read once and kept."""
 
-    def __init__(self, category, device):
-        self.category, self.device, self.epochs = category, device, 0
-        self._test_set, self._key = None, None
+    def __init__(self, split: Split, device):
+        self.split, self.device, self.epochs = split, device, 0
+        self._val_set, self._key = None, None
 
-    def __call__(self, epoch: int, scorer, excluded_test=()) -> None:
+    def __call__(self, epoch: int, scorer, excluded=()) -> None:
         self.epochs = epoch + 1
-        key = (scorer.image_size, tuple(excluded_test))
+        key = (scorer.image_size, tuple(excluded))
         if key != self._key:
-            self._test_set, self._key = load_test_set(self.category, scorer.image_size, excluded_test), key
-        metrics = evaluate_scorer(scorer, self.category, self.device, excluded_test, full=False,
-                                  test_set=self._test_set)
+            self._val_set, self._key = load_validation_set(self.split, scorer.image_size, excluded), key
+        metrics = validation_metrics(scorer, self.split, self.device, full=False, val_set=self._val_set)
         tune.report({**metrics, "epoch": self.epochs})
 
 
@@ -68,23 +92,32 @@ def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def fit_and_evaluate(ctx: TrialContext, config, category, device, on_epoch=None,
+def fit_and_evaluate(ctx: TrialContext, config, split: Split, device, on_epoch=None,
                      evaluate: bool = True, predictions: dict | None = None) -> tuple[dict, Detector]:
+    """Fit on the split's training images (the method sees validation as its only `test`, for
+    few-shot anomalies), score validation (what steers) and then test, once (what is reported)."""
     from raybench.methods.base import Parallel
     spec = get_method(ctx.method)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    result = spec.fit(config, category, device, on_epoch=on_epoch)
+    result = spec.fit(config, split.fit_view(), device, on_epoch=on_epoch)
     fit_seconds = time.perf_counter() - start
-    metrics = (evaluate_scorer(result.scorer, category, device, result.excluded_test, predictions=predictions)
-               if evaluate else {})
-    metrics.update(fit_seconds=fit_seconds, workers=Parallel.world_size())
-    meta = {"dataset": ctx.dataset, "category": category.name, "excluded_test": result.excluded_test,
+    metrics = {}
+    if evaluate:
+        val = validation_metrics(result.scorer, split, device, result.excluded_test, predictions=predictions)
+        test = evaluate_scorer(result.scorer, split.test_view(), device)
+        # the verdict cuts are validation's F1-max cuts; test's own cuts would leak test into the Detector
+        test.update(image_threshold=val.pop("val_image_threshold"), pixel_threshold=val.pop("val_pixel_threshold"))
+        metrics = {**val, **test}
+    metrics.update(fit_seconds=fit_seconds, workers=Parallel.world_size(), eval_resolution=result.scorer.image_size)
+    meta = {"dataset": ctx.dataset, "category": split.category.name, "split": split.meta(),
+            # real validation images trained on (few-shot): left out of validation scoring
+            "excluded_validation": result.excluded_test,
             "eval_resolution": result.scorer.image_size, "info": result.info,
             "provenance": provenance(config, result.scorer),  # weights source, input normalisation
-            # the Detector's verdicts: F1-max cuts on this test split (see Detector.image_threshold)
             "image_threshold": _finite(metrics.get("image_threshold")),
-            "pixel_threshold": _finite(metrics.get("pixel_threshold"))}
+            "pixel_threshold": _finite(metrics.get("pixel_threshold")),
+            "threshold_source": "F1-max on the validation split"}
     return metrics, Detector(spec.name, config, result.scorer, meta)
 
 
@@ -105,14 +138,15 @@ def _render_figures(folder: Path, predictions: dict, metrics: dict, title: str) 
 def _report_with_checkpoint(metrics: dict, detector: Detector, config, predictions: dict | None = None) -> None:
     """The final report: metrics plus a checkpoint holding the Detector and those same metrics,
     so a trial restored from it (after a driver or node died) reports again without refitting;
-    with `predictions`, the evaluation's figures too (the driver logs them to MLflow)."""
+    with `predictions` (the validation split's), the figures too (the driver logs them to MLflow)."""
     final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1,
-             "raybench_provenance": json.dumps(detector.meta.get("provenance", {}))}
+             "raybench_provenance": json.dumps(detector.meta.get("provenance", {})),
+             "variant": get_method(detector.method).variant(config)}
     with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as tmp:
         detector.save(Path(tmp) / DETECTOR_DIR)
         if predictions:
             _render_figures(Path(tmp) / FIGURES_DIR, predictions, metrics,
-                            f"{detector.meta['category']} {detector.method}")
+                            f"{detector.meta['category']} {detector.method} (validation split)")
         (Path(tmp) / RESULT_FILE).write_text(json.dumps(final))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -156,10 +190,11 @@ def _fit_trial(params: dict, ctx: TrialContext) -> None:
         metrics, detector = _fit_distributed(ctx, config, category_name)
     else:
         (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name], ctx.kinds)
+        split = trial_split(ctx, category)
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
         device = pick_device()
-        reporter = EpochReporter(category, device) if ctx.report_epochs else None
-        metrics, detector = fit_and_evaluate(ctx, config, category, device, reporter, predictions=predictions)
+        reporter = EpochReporter(split, device) if ctx.report_epochs else None
+        metrics, detector = fit_and_evaluate(ctx, config, split, device, reporter, predictions=predictions)
         if reporter is not None:  # the final metrics land on the last epoch's step, after it
             metrics["epoch"] = reporter.epochs
     _report_with_checkpoint(metrics, detector, config, predictions)
@@ -173,7 +208,7 @@ def _train_worker(loop_config: dict) -> None:
     (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name], ctx.kinds)
     device = ray.train.torch.get_device()
     rank0 = ray.train.get_context().get_world_rank() == 0
-    metrics, detector = fit_and_evaluate(ctx, config, category, device, evaluate=rank0)
+    metrics, detector = fit_and_evaluate(ctx, config, trial_split(ctx, category), device, evaluate=rank0)
     if rank0:
         with tempfile.TemporaryDirectory() as tmp:
             detector.save(tmp)

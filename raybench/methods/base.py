@@ -13,10 +13,12 @@ from torch import nn
 
 
 BUDGETS = ("smoke", "default", "paper")
+BOUNDING_BUDGETS = ("smoke", "paper")  # their keys are taken out of the search space (raybench.sweep)
 
 # on_epoch(epoch, scorer[, excluded_test]) is called after each training epoch; the sweep uses it
-# to report intermediate metrics (ASHA) and may stop the trial there. A method that trains on test
-# images passes them as excluded_test so the report never scores them.
+# to report intermediate validation metrics (ASHA) and may stop the trial there. A method that
+# trains on images of `category.test` (which the sweep fills with the validation pool, never the
+# test split: raybench.splits) passes them as excluded_test so they are never scored.
 EpochHook = Callable[..., None]
 
 
@@ -28,11 +30,19 @@ class Scorer(Protocol):
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def no_variant(config) -> str:
+    return ""
+
+
+def no_real_anomalies(config, distributions: dict) -> int:
+    return 0
+
+
 @dataclass
 class FitResult:
     scorer: nn.Module
-    # test images used in training (few-shot real anomalies): never scored; paths relative to the
-    # category folder so a checkpoint evaluates the same split on another machine
+    # images of category.test used in training (few-shot real anomalies): never scored; paths
+    # relative to the category folder so a checkpoint evaluates the same split on another machine
     excluded_test: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
@@ -49,6 +59,12 @@ class MethodSpec:
     # preflight(config) -> extra lines to print: builds whatever a trial will need besides the scorer
     # (e.g. cutswap's saliency net), so a missing hub or bad file fails before any trial
     preflight: Optional[Callable[[object], list[str]]] = None
+    # a config -> the leaderboard row it belongs to beside the method ("" for one row), e.g. the
+    # Siamese U-Net's real vs synthetic anomalies, reported apart as the paper's Ours(r) / Ours(s)
+    variant: Callable[[object], str] = no_variant
+    # (config, the search's distributions) -> the most real anomalous images any trial may draw from
+    # `category.test` (few-shot training); the sweep checks the validation pool holds more
+    max_real_anomalies: Callable[[object, dict], int] = no_real_anomalies
 
     def check(self, config) -> list[str]:
         """Build the scorer (and the preflight's extras) once: weights are fetched or read here."""

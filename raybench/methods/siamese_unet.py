@@ -9,8 +9,9 @@ images in batches of `batch_size`:
   with L_cos on the two normal branches only (restoring anomalies is what the student must not
   learn). With `stage1=False` only N is forwarded and the loss is L_cos (reverse distillation).
 - stage 2 (epochs2, if `stage2`): pairs (N, A) as one batch, deviation loss (eq. 8) with margin p.
-A is drawn (with replacement) from the anomaly pool: `real` = n_anomalies anomalous test images
-drawn with the seed (returned in `excluded_test`, never scored); `synthetic` = n_anomalies blends
+A is drawn (with replacement) from the anomaly pool: `real` = n_anomalies anomalous images of
+`category.test` drawn with the seed (a sweep puts only the validation split there, never the test
+split; returned in `excluded_test`, never scored); `synthetic` = n_anomalies blends
 of training images (raybench.synthesis.blend), redrawn every epoch for variety.
 """
 from __future__ import annotations
@@ -86,6 +87,22 @@ class RDConfig(SiameseUNetConfig):
     stage2: bool = False
 
 
+def variant(config: SiameseUNetConfig) -> str:
+    """Real and synthetic anomalies are two leaderboard rows, as the paper's Ours(r) / Ours(s)."""
+    return config.anomaly_source if uses_anomalies(config) else ""
+
+
+def max_real_anomalies(config: SiameseUNetConfig, distributions: dict) -> int:
+    """The most real anomalies a trial of this search may draw: 0 unless some trial can use real ones."""
+    def possible(name):  # the values a trial may take: sampled ones at their extremes
+        dist = distributions.get(name)
+        if dist is None:
+            return [getattr(config, name)]
+        return list(dist.choices) if hasattr(dist, "choices") else [dist.low, dist.high]
+    uses = True in possible("stage1") or (True in possible("stage2") and max(possible("epochs2")) > 0)
+    return int(max(possible("n_anomalies"))) if uses and "real" in possible("anomaly_source") else 0
+
+
 def build(config: SiameseUNetConfig) -> SiameseUNet:
     return SiameseUNet(config.backbone, list(config.layers), config.weights, config.image_size,
                        sigma=config.sigma, cpam=config.cpam, bottleneck_blocks=config.bottleneck_blocks,
@@ -98,11 +115,14 @@ def uses_anomalies(config: SiameseUNetConfig) -> bool:
 
 
 def draw_real_anomalies(category: Category, n: int, seed: int) -> list[Sample]:
-    """n anomalous test images drawn with the seed (sorted by path, so the draw is reproducible)."""
+    """n anomalous images of `category.test` (in a sweep: the validation pool) drawn with the seed
+    (in the category's own order, so the draw is reproducible)."""
     anomalous = [s for s in category.test if s.label == 1]
     if n < 1 or n >= len(anomalous):
-        raise ConfigError(f"n_anomalies={n}: {category.name} has {len(anomalous)} anomalous test images; "
-                          f"training on real anomalies needs 1 <= n_anomalies < that (some must stay to score)")
+        raise ConfigError(f"n_anomalies={n}: {category.name} offers {len(anomalous)} real anomalous images to "
+                          f"train on (a sweep: the validation split's); training on real anomalies needs "
+                          f"1 <= n_anomalies < that (some must stay to score). Raise --val-split, lower "
+                          f"n_anomalies, or use anomaly_source=synthetic (always with --val-mode synthetic)")
     picks = np.random.default_rng(seed).choice(len(anomalous), size=n, replace=False)
     return [anomalous[i] for i in sorted(picks)]
 
@@ -308,7 +328,7 @@ register(MethodSpec(
     budgets={"smoke": dict(_SMOKE), "default": {"epochs1": 50, "epochs2": 5},
              "paper": {"epochs1": 200, "epochs2": 20}},
     description="Siamese U-Net: reverse-distillation T-S U-Net + CPAM, contrastive stage + deviation finetuning",
-    trained=True,
+    trained=True, variant=variant, max_real_anomalies=max_real_anomalies,
 ))
 
 register(MethodSpec(
