@@ -1,6 +1,7 @@
 """The sweep's live progress line (a Ray Tune callback on the driver): trials done / running /
-total, elapsed, ETA and the best image AUROC so far per category, in at most 100 columns. It is
-printed when a trial ends and, while trials run, once a minute."""
+total, elapsed, ETA and the best validation image AUROC so far per category (the metric that
+steers the search; test never does), in at most 100 columns. It is printed when a trial ends and,
+while trials run, once a minute."""
 from __future__ import annotations
 
 import math
@@ -8,8 +9,9 @@ import time
 
 from ray.tune import Callback
 
+from raybench.category_search import METRIC  # val_image_auroc: what Optuna and ASHA see
+
 WIDTH = 100
-METRIC = "image_auroc"
 
 
 def _duration(seconds: float) -> str:
@@ -27,7 +29,7 @@ def progress_line(done: int, running: int, total: int, elapsed: float, best: dic
     head = f"[{done}/{total} done, {running} running] {_duration(elapsed)} elapsed, ETA {eta}"
     if not best:
         return head[:width]
-    line = head + " | best"
+    line = head + " | best val"
     items = sorted(best.items())
     for i, (category, value) in enumerate(items):
         item = f" {category} {value:.3f}"

@@ -72,12 +72,13 @@ class Registration:
     version: str
     run_id: str
     method: str
-    image_auroc: float
+    image_auroc: float  # the run's test figure (reported)
     action: str  # created | re-pointed | unchanged
+    val_image_auroc: float = np.nan  # what chose the run
 
     def __str__(self) -> str:
         return (f"{self.name} v{self.version} @{ALIAS}: run {self.run_id[:8]} ({self.method}, "
-                f"image AUROC {self.image_auroc:.4f}) {self.action}")
+                f"image AUROC val {self.val_image_auroc:.4f} / test {self.image_auroc:.4f}) {self.action}")
 
 
 def best_run(uri: str | None, dataset: str, category: str, experiment: str | None = None):
@@ -121,17 +122,20 @@ def register_category(dataset: str, category: str, uri: str | None = None, alias
         current = None
     metrics, method = run.data.metrics, run.data.tags.get("method", "?")
     if current is not None and current.run_id == run.info.run_id:
-        return Registration(name, str(current.version), run.info.run_id, method, metrics.get("image_auroc", np.nan), "unchanged")
+        return Registration(name, str(current.version), run.info.run_id, method, metrics.get("image_auroc", np.nan),
+                            "unchanged", metrics.get("val_image_auroc", np.nan))
     versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run.info.run_id]
     if versions:
         version = versions[0]
     else:
         version = client.create_model_version(
             name, _log_pyfunc(client, run, uri), run_id=run.info.run_id,
-            tags={"method": method, "image_auroc": str(metrics.get("image_auroc"))})
+            tags={"method": method, "val_image_auroc": str(metrics.get("val_image_auroc")),
+                  "image_auroc": str(metrics.get("image_auroc"))})
     client.set_registered_model_alias(name, alias, version.version)
     return Registration(name, str(version.version), run.info.run_id, method,
-                        metrics.get("image_auroc", np.nan), "re-pointed" if current is not None else "created")
+                        metrics.get("image_auroc", np.nan), "re-pointed" if current is not None else "created",
+                        metrics.get("val_image_auroc", np.nan))
 
 
 def register(dataset: str, categories=None, uri: str | None = None, alias: str = ALIAS,

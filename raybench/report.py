@@ -1,5 +1,6 @@
 """`raybench report DATASET --out report.html`: one self-contained HTML page of a dataset's results
-(leaderboard, the categories x methods chart, the best runs' overlays, curves and histograms) that
+(leaderboard ranked on validation with each chosen run's test figures, the categories x methods
+chart, the best runs' overlays, curves and histograms) that
 opens from a file with no server: every image is inlined as base64, nothing links outside."""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from raybench import figures, tracking
-from raybench.sweep_summary import leaderboard_figure, winners
+from raybench.sweep_summary import leaderboard_figure, method_label, winners
 
 RUN_FIGURES = (figures.OVERLAYS, figures.CURVES, figures.HISTOGRAM)
 
@@ -45,6 +46,13 @@ def _fmt(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def _final(row) -> str:
+    """--final-seeds: test image AUROC mean ± std over the chosen configuration retrained."""
+    if not row.final_n:
+        return "–"
+    return f"{_fmt(row.final_image_auroc_mean)} ± {_fmt(row.final_image_auroc_std)} (n={row.final_n})"
+
+
 def run_figures(uri: str, run_id: str, folder: Path) -> dict[str, bytes]:
     """The run's logged figures (name -> PNG bytes); a run swept with --no-figures has none."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file would bury the output
@@ -70,27 +78,39 @@ def build_report(uri: str, dataset: str) -> str:
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p class='muted'>MLflow store {html.escape(uri)}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-             "Metrics are on each run's test split; the highlighted row is each category's winner "
-             "(MLflow tag <code>winner=yes</code>).</p>",
-             "<h2>Leaderboard</h2><table><tr><th>category</th><th>method</th><th>image AUROC</th>"
-             "<th>pixel AUROC</th><th>AUPRO</th><th>runs</th><th>MLflow run</th></tr>"]
+             "Each row is the run chosen on <b>validation</b> (VAL: what ranked it, and what chose each "
+             "category's winner); TEST is that run scored once on its category's untouched test split, "
+             "never used to choose. The highlighted row is each category's winner, the run "
+             "<code>best_model</code> loads (MLflow tag <code>winner=yes</code>).</p>",
+             "<h2>Leaderboard</h2><table>"
+             "<tr><th colspan='2'></th><th colspan='2'>VAL (ranked)</th><th colspan='3'>TEST (chosen run)</th>"
+             "<th>TEST, final seeds</th><th colspan='3'></th></tr>"
+             "<tr><th>category</th><th>method</th><th>VAL image AUROC</th><th>VAL pixel AUROC</th>"
+             "<th>TEST image AUROC</th><th>TEST pixel AUROC</th><th>TEST AUPRO</th>"
+             "<th>TEST image AUROC mean ± std</th><th>runs</th><th>budget</th><th>MLflow run</th></tr>"]
     for r in rows:
         parts.append(f"<tr class='{'winner' if r.run_id in best else ''}'><td>{html.escape(r.category)}</td>"
-                     f"<td>{html.escape(r.method)}</td><td class='num'>{_fmt(r.image_auroc)}</td>"
+                     f"<td>{html.escape(method_label(r))}</td><td class='num'>{_fmt(r.val_image_auroc)}</td>"
+                     f"<td class='num'>{_fmt(r.val_pixel_auroc)}</td><td class='num'>{_fmt(r.image_auroc)}</td>"
                      f"<td class='num'>{_fmt(r.pixel_auroc)}</td><td class='num'>{_fmt(r.aupro)}</td>"
-                     f"<td class='num'>{r.n_runs}</td><td>{html.escape(r.run_name or r.run_id)}</td></tr>")
+                     f"<td class='num'>{html.escape(_final(r))}</td>"
+                     f"<td class='num'>{r.n_runs}</td><td>{html.escape(r.budget or '')}</td>"
+                     f"<td>{html.escape(r.run_name or r.run_id)}</td></tr>")
     parts.append("</table>")
     chart = leaderboard_figure(dataset, rows)
-    parts.append(f"<h2>Categories x methods</h2>{_img(_fig_png(chart), 'leaderboard chart')}")
+    parts.append(f"<h2>Categories x methods</h2><p class='muted'>TEST image AUROC of each run chosen on "
+                 f"validation; an error bar is the final seeds' std where the sweep ran them.</p>"
+                 f"{_img(_fig_png(chart), 'leaderboard chart')}")
     with tempfile.TemporaryDirectory(prefix="raybench-report-") as tmp:
         for i, r in enumerate(rows):
-            parts.append(f"<h2>{html.escape(r.category)} · {html.escape(r.method)}"
+            parts.append(f"<h2>{html.escape(r.category)} · {html.escape(method_label(r))}"
                          f"{' (winner)' if r.run_id in best else ''}</h2>"
-                         f"<p class='muted'>run {html.escape(r.run_name or '')} ({r.run_id}); image AUROC "
+                         f"<p class='muted'>run {html.escape(r.run_name or '')} ({r.run_id}); VAL image AUROC "
+                         f"{_fmt(r.val_image_auroc)}, pixel AUROC {_fmt(r.val_pixel_auroc)}; TEST image AUROC "
                          f"{_fmt(r.image_auroc)}, pixel AUROC {_fmt(r.pixel_auroc)}</p>")
             pngs = run_figures(uri, r.run_id, Path(tmp) / str(i))
             if pngs:
-                parts.append("<div class='figs'>" + "".join(_img(png, f"{r.category} {r.method} {name}")
+                parts.append("<div class='figs'>" + "".join(_img(png, f"{r.category} {method_label(r)} {name}")
                                                             for name, png in pngs.items()) + "</div>")
             else:
                 parts.append("<p class='muted'>no figures logged for this run (swept with --no-figures, "

@@ -53,10 +53,10 @@ def category_studies(results, space, metric: str = METRIC, mode: str = MODE) -> 
 
 
 def winners(rows) -> dict:
-    """(dataset, category) -> the leaderboard row best_model would load: best image AUROC over
-    methods, pixel AUROC breaking ties (NaN ranks last)."""
+    """(dataset, category) -> the leaderboard row best_model would load: best VALIDATION image
+    AUROC over methods, validation pixel AUROC breaking ties (NaN ranks last); test never chooses."""
     def key(row):
-        return tuple(-math.inf if math.isnan(v) else v for v in (row.image_auroc, row.pixel_auroc))
+        return tuple(-math.inf if math.isnan(v) else v for v in (row.val_image_auroc, row.val_pixel_auroc))
     best = {}
     for row in rows:
         k = (row.dataset, row.category)
@@ -77,11 +77,22 @@ def mark_winners(uri: str, experiment_id: str, rows) -> dict:
     return best
 
 
+def method_label(row) -> str:
+    """The method as the leaderboard prints it: a variant (siamese-unet real / synthetic) is its own row."""
+    return f"{row.method} ({row.variant})" if getattr(row, "variant", "") else row.method
+
+
 def leaderboard_figure(dataset: str, rows):
-    """The categories x methods chart of a leaderboard, with the papers' numbers where they exist."""
+    """The categories x methods chart of a leaderboard: the TEST image AUROC of each run chosen on
+    validation, with the final seeds' std as an error bar where the sweep ran them (--final-seeds),
+    and the papers' numbers where they exist."""
     from raybench.references import SOURCE, reference_image_auroc
-    return figures.leaderboard_chart([(r.category, r.method, r.image_auroc, None) for r in rows],
-                                     title=f"{dataset}: best test image AUROC per category x method",
+
+    def spread(row):
+        std = getattr(row, "final_image_auroc_std", math.nan)
+        return std if getattr(row, "final_n", 0) and not math.isnan(std) else None
+    return figures.leaderboard_chart([(r.category, method_label(r), r.image_auroc, spread(r)) for r in rows],
+                                     title=f"{dataset}: test image AUROC of the run chosen on validation",
                                      references=reference_image_auroc(dataset), reference_label=SOURCE)
 
 

@@ -30,12 +30,12 @@ def ui_command(uri: str) -> str | None:
 
 
 def runs_url(base: str, experiment_id: str, search_filter: str | None = None) -> str:
-    """The runs table, best image AUROC first (the UI cannot be told which columns to show: it
-    keeps that per browser)."""
+    """The runs table, best validation image AUROC first, the order the leaderboard ranks in (the
+    UI cannot be told which columns to show: it keeps that per browser)."""
     params = {"workflowType": "machine_learning"}
     if search_filter:
         params["searchFilter"] = search_filter
-    params.update(orderByKey="metrics.`image_auroc`", orderByAsc="false")
+    params.update(orderByKey="metrics.`val_image_auroc`", orderByAsc="false")
     return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(params, quote_via=quote)}"
 
 

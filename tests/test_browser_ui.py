@@ -67,12 +67,14 @@ def mlflow_server(tmp_path_factory):
 
 
 def _trial_run(c, exp_id, sweep_id, name, tmp, image_auroc):
-    """A run as MLflowTrialLogger leaves it: tags, a metric, the figures the trial rendered."""
+    """A run as MLflowTrialLogger leaves it: tags, validation (what ranks) and test metrics, the
+    figures the trial rendered."""
     run_id = c.create_run(exp_id, tags={"dataset": "demo", "category": "disc", "method": "patchcore",
-                                        "sweep_id": sweep_id, "checkpoint": "yes",
-                                        "mlflow.runName": name}).info.run_id
-    c.log_metric(run_id, "image_auroc", image_auroc)
-    c.log_metric(run_id, "pixel_auroc", 0.5)
+                                        "sweep_id": sweep_id, "checkpoint": "yes", "budget": "smoke",
+                                        "test_split_hash": "h", "mlflow.runName": name}).info.run_id
+    for prefix in ("val_", ""):
+        c.log_metric(run_id, f"{prefix}image_auroc", image_auroc)
+        c.log_metric(run_id, f"{prefix}pixel_auroc", 0.5)
     figures.render_trial(tmp / name, *_toy(size=24), 0.5, 0.4, title=name)
     c.log_artifacts(run_id, str(tmp / name), figures.FIGURES_DIR)
     c.set_terminated(run_id, "FINISHED")

@@ -70,7 +70,8 @@ def test_export_refuses_an_unfitted_scorer(tmp_path):
 
 
 def test_cli_exports_the_best_tracked_run(tmp_path, tracking_uri, capsys):
-    log_detector_run(tracking_uri, tiny_patchcore(seed=1), "demo", "disc", image_auroc=0.6)
+    # best on validation is exported, not best on test
+    log_detector_run(tracking_uri, tiny_patchcore(seed=1), "demo", "disc", image_auroc=0.6, test_image_auroc=0.99)
     best = log_detector_run(tracking_uri, tiny_patchcore(seed=2), "demo", "disc", image_auroc=0.9)
     out = tmp_path / "onnx"
     assert main(["export", "demo", "disc", "--out", str(out), "--tracking-uri", tracking_uri]) == 0

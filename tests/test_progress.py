@@ -1,4 +1,4 @@
-"""The sweep's progress line: counts, elapsed, ETA and best-so-far within 100 columns."""
+"""The sweep's progress line: counts, elapsed, ETA and best-so-far (validation) within 100 columns."""
 from types import SimpleNamespace
 
 from raybench.progress import ProgressLine, best_so_far, progress_line
@@ -7,7 +7,7 @@ from raybench.progress import ProgressLine, best_so_far, progress_line
 def test_line_counts_eta_and_best():
     line = progress_line(2, 1, 8, 120.0, {"stripes": 0.9123, "disc": 0.8})
     # 60 s per finished trial, 6 left -> 6 min
-    assert line == "[2/8 done, 1 running] 2m00s elapsed, ETA 6m00s | best disc 0.800 stripes 0.912"
+    assert line == "[2/8 done, 1 running] 2m00s elapsed, ETA 6m00s | best val disc 0.800 stripes 0.912"
     assert progress_line(0, 2, 8, 5.0, {}) == "[0/8 done, 2 running] 5s elapsed, ETA -"
     assert progress_line(8, 0, 8, 3725.0, {}).startswith("[8/8 done, 0 running] 1h02m elapsed, ETA 0s")
 
@@ -22,14 +22,14 @@ def test_many_categories_fit_in_100_columns():
 
 def _trial(category, status, value):
     return SimpleNamespace(config={"category": category}, status=status,
-                           last_result={} if value is None else {"image_auroc": value})
+                           last_result={} if value is None else {"val_image_auroc": value, "image_auroc": 1.0 - value})
 
 
 def test_best_so_far_takes_finished_trials_only_and_the_callback_counts_the_ending_one():
     trials = [_trial("a", "TERMINATED", 0.7), _trial("a", "TERMINATED", 0.9), _trial("a", "RUNNING", 0.99),
               _trial("b", "ERROR", None), _trial("b", "RUNNING", 0.6)]
-    assert best_so_far(trials) == {"a": 0.9}
+    assert best_so_far(trials) == {"a": 0.9}  # validation, never test (here 1 - val)
     printed = []
     cb = ProgressLine(total=6, print_fn=lambda line, flush: printed.append(line))
     cb.on_trial_complete(0, trials, trials[4])  # Tune may still say RUNNING for the trial that ends
-    assert printed[-1].startswith("[4/6 done, 1 running]") and "a 0.900 b 0.600" in printed[-1]
+    assert printed[-1].startswith("[4/6 done, 1 running]") and "best val a 0.900 b 0.600" in printed[-1]

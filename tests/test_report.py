@@ -37,12 +37,18 @@ class _Page(HTMLParser):
         self.text.append(data)
 
 
-def _run(c, exp_id, category, method, image, pixel, tmp_path, with_figures=True):
-    run = c.create_run(exp_id, tags={"dataset": "demo", "category": category, "method": method,
-                                     "checkpoint": "yes", "mlflow.runName": f"{category}-{method}-t1"})
+def _run(c, exp_id, category, method, image, pixel, tmp_path, with_figures=True, test_image=None, final=False):
+    """A FINISHED run as a sweep logs it: validation metrics (`image`, `pixel`: what ranks) and
+    test metrics (`test_image`, default 0.05 below validation), the tags a sweep's run carries."""
+    name = f"{category}-{method}-{'final' if final else 't1'}"
+    tags = {"dataset": "demo", "category": category, "method": method, "checkpoint": "yes",
+            "sweep_id": "s1", "budget": "smoke", "test_split_hash": f"h-{category}", "mlflow.runName": name}
+    run = c.create_run(exp_id, tags={**tags, **({"final": "yes"} if final else {})})
     run_id = run.info.run_id
-    c.log_metric(run_id, "image_auroc", image)
-    c.log_metric(run_id, "pixel_auroc", pixel)
+    test_image = round(image - 0.05, 4) if test_image is None else test_image
+    for key, value in (("val_image_auroc", image), ("val_pixel_auroc", pixel), ("image_auroc", test_image),
+                       ("pixel_auroc", pixel - 0.05)):
+        c.log_metric(run_id, key, value)
     if with_figures:
         folder = tmp_path / run_id
         figures.render_trial(folder, *_toy(size=24), 0.5, 0.4, title=f"{category} {method}")
@@ -57,6 +63,9 @@ def test_report_is_one_self_contained_page_with_every_best_runs_figures(tmp_path
     _run(c, exp_id, "disc", "patchcore", 0.8, 0.7, tmp_path)
     _run(c, exp_id, "disc", "rd", 0.9, 0.6, tmp_path)
     _run(c, exp_id, "weave", "patchcore", 0.7, 0.7, tmp_path, with_figures=False)
+    for test_image in (0.6, 0.7):  # --final-seeds: the chosen configuration retrained, test mean ± std
+        _run(c, exp_id, "weave", "patchcore", 0.7, 0.7, tmp_path, with_figures=False, test_image=test_image,
+             final=True)
     out = tmp_path / "out" / "report.html"
     assert main(["report", "demo", "--tracking-uri", tracking_uri, "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -65,8 +74,11 @@ def test_report_is_one_self_contained_page_with_every_best_runs_figures(tmp_path
     page.close()
     assert page.stack == []  # every element closed
     text = " ".join(page.text)
-    for name in ("disc-patchcore-t1", "disc-rd-t1", "weave-patchcore-t1", "0.9000", "no figures logged"):
+    for name in ("disc-patchcore-t1", "disc-rd-t1", "weave-patchcore-t1", "0.9000", "no figures logged",
+                 "VAL image AUROC", "TEST image AUROC", "chosen on validation", "0.6500 ± 0.0707 (n=2)"):
         assert name in text, name
+    assert "0.8500" in text  # disc rd's test figure beside its validation 0.9000
+    assert "-final" not in text  # final-seed runs never compete for a row
     # 1 chart + 3 figures for each of the two runs with figures; all inline, valid PNGs
     assert len(page.images) == 1 + 3 * 2
     for img in page.images:

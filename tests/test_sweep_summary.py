@@ -14,10 +14,10 @@ from raybench.tracking import LeaderboardRow
 
 SPACE = SearchSpace("patchcore", {"coreset_ratio": od.FloatDistribution(0.01, 0.5, log=True),
                                   "layers": od.CategoricalDistribution(["a", "b"])}, {})
-RESULTS = [  # (config, metrics) in the order Tune ran them
-    ({"category": "bottle", "coreset_ratio": 0.1, "layers": "a"}, {"image_auroc": 0.7}),
-    ({"category": "screw", "coreset_ratio": 0.2, "layers": "b"}, {"image_auroc": 0.5}),
-    ({"category": "bottle", "coreset_ratio": 0.3, "layers": "b"}, {"image_auroc": 0.9}),
+RESULTS = [  # (config, metrics) in the order Tune ran them; validation steers, test is only reported
+    ({"category": "bottle", "coreset_ratio": 0.1, "layers": "a"}, {"val_image_auroc": 0.7, "image_auroc": 0.2}),
+    ({"category": "screw", "coreset_ratio": 0.2, "layers": "b"}, {"val_image_auroc": 0.5, "image_auroc": 0.9}),
+    ({"category": "bottle", "coreset_ratio": 0.3, "layers": "b"}, {"val_image_auroc": 0.9, "image_auroc": 0.1}),
     ({"category": "bottle", "coreset_ratio": 0.05, "layers": "a"}, {}),  # failed: no metric
 ]
 
@@ -32,8 +32,13 @@ def test_category_studies_rebuild_each_category_in_order():
     assert studies["bottle"].best_value == 0.9
 
 
-def _row(category, method, image, pixel, run_id, dataset="demo"):
-    return LeaderboardRow(dataset, category, method, image, pixel, math.nan, 1, run_id)
+def _row(category, method, image, pixel, run_id, dataset="demo", test_image=None, test_pixel=None):
+    """A leaderboard row chosen on validation (image, pixel); its test figures default to the same."""
+    return LeaderboardRow(dataset=dataset, category=category, method=method, variant="",
+                          val_image_auroc=image, val_pixel_auroc=pixel,
+                          image_auroc=image if test_image is None else test_image,
+                          pixel_auroc=pixel if test_pixel is None else test_pixel,
+                          aupro=math.nan, n_runs=1, run_id=run_id)
 
 
 def test_winner_per_category_is_best_image_then_pixel_auroc():
@@ -43,11 +48,20 @@ def test_winner_per_category_is_best_image_then_pixel_auroc():
     assert {k: r.run_id for k, r in best.items()} == {("demo", "disc"): "b", ("demo", "weave"): "d"}
 
 
+def test_winner_is_chosen_on_validation_never_on_test():
+    rows = [_row("disc", "patchcore", 0.8, 0.8, "val-best", test_image=0.6),
+            _row("disc", "rd", 0.7, 0.9, "test-best", test_image=0.99, test_pixel=0.99)]
+    assert winners(rows)[("demo", "disc")].run_id == "val-best"  # the run best_model loads
+
+
 def _finished_run(c, exp_id, category, method, image, pixel):
+    """A FINISHED run as a sweep logs it: validation (what ranks) and test metrics."""
     run = c.create_run(exp_id, tags={"dataset": "demo", "category": category, "method": method,
-                                     "checkpoint": "yes"})
-    c.log_metric(run.info.run_id, "image_auroc", image)
-    c.log_metric(run.info.run_id, "pixel_auroc", pixel)
+                                     "checkpoint": "yes", "sweep_id": "s1", "budget": "smoke",
+                                     "test_split_hash": "h"})
+    for prefix in ("val_", ""):
+        c.log_metric(run.info.run_id, f"{prefix}image_auroc", image)
+        c.log_metric(run.info.run_id, f"{prefix}pixel_auroc", pixel)
     c.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -110,6 +124,6 @@ def test_recent_sweeps_and_where_to_look(tracking_uri, tmp_path):
     lines = text.splitlines()
     assert lines[0] == "MLflow UI: serve this store with" and " ui --backend-store-uri sqlite:///" in lines[1]
     assert lines[3] == ("  sweep s1  http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
-                        "&searchFilter=tags.sweep_id%20%3D%20%27s1%27&orderByKey=metrics.%60image_auroc%60&orderByAsc=false")
+                        "&searchFilter=tags.sweep_id%20%3D%20%27s1%27&orderByKey=metrics.%60val_image_auroc%60&orderByAsc=false")
     assert "searchFilter=tags.winner%20%3D%20%27yes%27&" in lines[4]
     assert ui.where_to_look("http://10.0.0.5:5000", "7").splitlines()[0] == "MLflow UI:"
