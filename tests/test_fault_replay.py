@@ -106,9 +106,12 @@ def test_bad_input_stops_the_cli_within_seconds_before_anything_starts(world):
         (sweep_args(root, odd, "--categories", "part"), 2, "000_mask.png: mask is 10x10 px but its image"),
         (sweep_args(root, data, "--tracking-uri", f"sqlite:///{root / 'dbdir' / 'mlflow.db'}"), 2,
          "cannot be created or opened as a sqlite file"),
-        (cli("predict", "--category", "nonexistent", "--tracking-uri", f"sqlite:///{root / 'empty.db'}", str(data)),
+        # an existing, empty store and a real image (a missing store is refused earlier, exit 2)
+        (cli("predict", "--category", "nonexistent", "--tracking-uri", f"sqlite:///{root / 'empty.db'}",
+             str(data / CATEGORY / "test" / "good" / "000.png")),
          4, "raybench: error: no finished run with a checkpoint for category 'nonexistent'"),
     ]
+    tracking.check_tracking(f"sqlite:///{root / 'empty.db'}")
     for args, code, message in cases:
         start = time.monotonic()
         done = run(args, env, timeout=120)
@@ -138,18 +141,27 @@ def test_a_local_sweep_is_private_and_predict_agrees_with_the_logged_verdicts(wo
     finished = runs(root, "ok")
     assert len(finished) == 2 and {r.info.status for r in finished} == {"FINISHED"}
 
-    # predict's verdicts on the test split give exactly the F1 the best run logged
-    best = max(finished, key=lambda r: (r.data.metrics["image_auroc"], r.data.metrics["pixel_auroc"]))
-    test_dir = data / CATEGORY / "test"
-    done = run(cli("predict", "--category", CATEGORY, "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
-                   str(test_dir / "good"), str(test_dir / "scratch")), env)
+    # predict loads the run ranked first on validation; its verdicts (validation's F1-max cuts) on
+    # that run's validation images give exactly the validation F1 it logged
+    from raybench.data import load_dataset
+    from raybench.splits import make_split
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    best = [r for r in tracking.finished_runs(uri, "folder", CATEGORY) if r.data.tags.get("checkpoint") == "yes"][0]
+    assert best.data.tags["sweep_id"] == "ok" and best.data.metrics["val_image_auroc"] == max(
+        r.data.metrics["val_image_auroc"] for r in finished)
+    (cat,) = load_dataset("folder", data, [CATEGORY])
+    split = make_split(cat, "real", 0.3, 0)  # the sweep's defaults: --val-mode real --val-split 0.3 --split-seed 0
+    assert split.test_split_hash == best.data.tags["test_split_hash"]
+    done = run(cli("predict", "--category", CATEGORY, "--tracking-uri", uri,
+                   *[str(s.path) for s in split.validation]), env)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split("\t") for line in done.stdout.splitlines() if "\t" in line]
+    assert len(rows) == len(split.validation)
     flagged = np.array([v == "anomalous" for _, v, _ in rows])
     truth = np.array(["scratch" in p for _, _, p in rows])
     tp = (flagged & truth).sum()
     f1 = 2 * tp / (flagged.sum() + truth.sum())
-    assert f1 == pytest.approx(best.data.metrics["f1_max"], abs=1e-6)
+    assert f1 == pytest.approx(best.data.metrics["val_f1_max"], abs=1e-6)
 
 
 def test_failed_trials_and_an_interrupt_set_the_exit_status(world):
