@@ -27,7 +27,8 @@ def recent_sweep_ids(uri: str, experiment_name: str, since_ms: int) -> list[str]
         return []
     runs = c.search_runs([exp.experiment_id], f"attributes.start_time >= {int(since_ms)}",
                          order_by=["attributes.start_time ASC"])
-    return [r.data.tags["sweep_id"] for r in runs if "sweep_id" in r.data.tags]
+    # one command sweeps several methods under one sweep id (one leaderboard): each id once
+    return list(dict.fromkeys(r.data.tags["sweep_id"] for r in runs if "sweep_id" in r.data.tags))
 
 
 def category_studies(results, space, metric: str = METRIC, mode: str = MODE) -> dict:
@@ -97,12 +98,14 @@ def leaderboard_figure(dataset: str, rows):
 
 
 def _summary_run(c, experiment_id: str, tags: dict) -> str:
-    found = c.search_runs([experiment_id], f"tags.sweep_id = '{tags['sweep_id']}' and tags.{SUMMARY_TAG} = 'yes'",
-                          max_results=1)
+    """One summary run per (sweep id, method): the methods of one command share the sweep id."""
+    found = tracking.search_runs(c, [experiment_id], {"sweep_id": tags["sweep_id"], SUMMARY_TAG: "yes",
+                                                      "method": tags.get("method", "?")}, max_results=1)
     if found:  # a resumed sweep updates its summary
         return found[0].info.run_id
     name = f"sweep-{tags.get('method', '?')}-{tags['sweep_id']}"
-    return c.create_run(experiment_id, tags={**tags, SUMMARY_TAG: "yes", "mlflow.runName": name}).info.run_id
+    return c.create_run(experiment_id, tags={"method": "?", **tags, SUMMARY_TAG: "yes",
+                                             "mlflow.runName": name}).info.run_id
 
 
 def log_sweep_summary(uri: str, experiment_name: str, tags: dict, results, space, rows) -> str:

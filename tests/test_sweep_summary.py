@@ -119,6 +119,12 @@ def test_recent_sweeps_and_where_to_look(tracking_uri, tmp_path):
     for sweep_id in ("s1", "s2"):
         log_sweep_summary(tracking_uri, "raybench-demo", {"dataset": "demo", "method": "rd", "sweep_id": sweep_id},
                           RESULTS[:1], SPACE, rows)
+    # a second method of the same command shares its sweep id: its own summary run, the id listed once
+    log_sweep_summary(tracking_uri, "raybench-demo", {"dataset": "demo", "method": "patchcore", "sweep_id": "s2"},
+                      RESULTS[:1], SPACE, rows)
+    c = tracking.client(tracking_uri)
+    summaries = c.search_runs([c.get_experiment_by_name("raybench-demo-sweeps").experiment_id], "tags.sweep_id = 's2'")
+    assert sorted(r.data.tags["method"] for r in summaries) == ["patchcore", "rd"]
     assert recent_sweep_ids(tracking_uri, "raybench-demo", since) == ["s1", "s2"]
     text = ui.where_to_look(tracking_uri, "7", ["s1"])
     lines = text.splitlines()
