@@ -166,9 +166,12 @@ def test_a_local_sweep_is_private_and_predict_agrees_with_the_logged_verdicts(wo
 
 def test_failed_trials_and_an_interrupt_set_the_exit_status(world):
     root, data, env = world
-    # every trial fails (an unknown layer: caught only when the model is built): exit 3, the
-    # error tag without colour codes, reported once (never retried)
-    done = run(sweep_args(root, data, "--trials", "1", "--sweep-id", "bad", "--set", "layers=[layer9]"), env)
+    # every trial fails (an unknown layer the search samples: caught only when the trial builds the
+    # model; a `--set layers=[layer9]` is refused by the sweep's pre-flight build, exit 2): exit 3,
+    # the error tag without colour codes, reported once (never retried)
+    layer9 = root / "layer9.yaml"
+    layer9.write_text("method: patchcore\nparams:\n  layers: {type: categorical, choices: [[layer9]]}\nfixed: {}\n")
+    done = run(sweep_args(root, data, "--trials", "1", "--sweep-id", "bad", "--search-space", str(layer9)), env)
     assert done.returncode == 3, (done.stdout + done.stderr)[-3000:]
     assert "1 of 1 trial(s) FAILED" in done.stderr
     (failed,) = runs(root, "bad")

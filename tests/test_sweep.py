@@ -160,11 +160,15 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
 
 def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(tmp_path, demo_root, ray_local):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rows = run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=1,
-                              overrides={"batch_size": 0}, max_failures=0))  # builds, fails in fit
-    assert rows == []
+    # the search samples a layer the model cannot be built with: the pre-flight (default layers)
+    # passes, the trial fails (an out-of-range value or a bad --set is refused before any trial)
+    space = tmp_path / "layer9.yaml"
+    space.write_text("method: patchcore\nparams:\n  layers: {type: categorical, choices: [[layer9]]}\nfixed: {}\n")
+    rows = run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=1, search_space=str(space),
+                              max_failures=0))
+    assert rows == [] and rows.failed == 1 and rows.total == 1
     (run,) = tracking.client(uri).search_runs([tracking.client(uri).get_experiment_by_name("raybench-demo").experiment_id])
-    assert run.info.status == "FAILED" and "must not be zero" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "unknown layer 'layer9'" in run.data.tags["error"]
 
 
 def test_a_config_the_model_cannot_be_built_from_fails_before_any_trial(tmp_path, demo_root):
