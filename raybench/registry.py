@@ -101,6 +101,19 @@ def _log_pyfunc(client, run, uri: str) -> str:
     return f"{run.info.artifact_uri.rstrip('/')}/{PYFUNC_DIR}"
 
 
+def _versions(client, name: str) -> list:
+    """Every version of a registered model; the name may hold a quote (a category such as o'ring):
+    MLflow filters have no escape, so it goes in the other kind of quotes, or is compared here."""
+    literal = tracking._quoted(name)
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = {literal}" if literal else None, page_token=token)
+        found += [v for v in page if v.name == name]
+        token = page.token
+        if not token:
+            return found
+
+
 def register_category(dataset: str, category: str, uri: str | None = None, alias: str = ALIAS,
                       experiment: str | None = None) -> Registration | None:
     """Register the category's best run (a new version only if that run has none) and point
@@ -124,7 +137,7 @@ def register_category(dataset: str, category: str, uri: str | None = None, alias
     if current is not None and current.run_id == run.info.run_id:
         return Registration(name, str(current.version), run.info.run_id, method, metrics.get("image_auroc", np.nan),
                             "unchanged", metrics.get("val_image_auroc", np.nan))
-    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run.info.run_id]
+    versions = [v for v in _versions(client, name) if v.run_id == run.info.run_id]
     if versions:
         version = versions[0]
     else:

@@ -91,3 +91,12 @@ def test_decode_image_names_each_problem():
     assert decode_image(png_bytes(rgb), max_pixels=600).shape == (20, 30, 3)
     with pytest.raises(ImageInputError, match="empty"):
         decode_image(b"")
+
+
+def test_a_category_name_with_a_quote_registers_and_moves(tracking_uri):
+    first = log_detector_run(tracking_uri, tiny_patchcore(seed=1), "folder", "o'ring", 0.6)
+    (reg,) = registry.register("folder", uri=tracking_uri)
+    assert (reg.name, reg.run_id, reg.action) == ("raybench-folder-o'ring", first, "created")
+    better = log_detector_run(tracking_uri, tiny_patchcore(seed=2), "folder", "o'ring", 0.9)
+    (moved,) = registry.register("folder", uri=tracking_uri)
+    assert (moved.version, moved.run_id, moved.action) == ("2", better, "re-pointed")
