@@ -348,6 +348,7 @@ def sweep_outcome(uri: str, experiment_id: str, sweep_id: str, method: str) -> d
             counts[run.info.status] += 1
     return counts
 
+
 def _run_final_seeds(spec, results, ctx, resources, tags, per_category, uri, experiment_id, path, log) -> int:
     """The chosen configuration of each category (and variant) again with new seeds: a second Tune
     run, configs fixed, no early stopping, runs tagged `final`."""
