@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from raybench.cli import parse_set
 from raybench.config import field_types, from_dict
 from raybench.data import load_dataset
 from raybench.data.tensors import iterate_batches, load_images, load_masks
@@ -200,6 +201,8 @@ def main(argv=None) -> int:
                    help="raybench methods to fit end to end as well (cutswap, cutpaste, patchcore)")
     p.add_argument("--epochs", type=int, default=1, help="training epochs of cutswap / cutpaste")
     p.add_argument("--batch-images", type=int, default=32, help="images per step of cutswap / cutpaste")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                   help="a config field of the trained methods (--methods), e.g. lr=0.003 (repeatable)")
     p.add_argument("--json", default=None, help="write every row to this file")
     p.add_argument("--coreset-patches", type=int, default=0,
                    help="also time the coreset alone on this many random 384-d patches (e.g. 250000)")
@@ -245,7 +248,8 @@ def main(argv=None) -> int:
             results.setdefault("anomalib-patchcore", []).append(row)
             print(f"seed={seed} anomalib-patchcore  {fmt(row)}", flush=True)
         for name in args.methods:
-            overrides = {**base, "seed": seed, "epochs": args.epochs, "batch_images": args.batch_images}
+            overrides = {**base, "seed": seed, "epochs": args.epochs, "batch_images": args.batch_images,
+                         **parse_set(args.overrides)}
             row = run_method(name, overrides, category, device)
             results.setdefault(name, []).append(row)
             print(f"seed={seed} {name:<18} {fmt(row)}", flush=True)
