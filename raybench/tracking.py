@@ -188,7 +188,7 @@ def finished_runs(uri: str | None = None, dataset: str | None = None, category: 
 def sweep_split_hashes(uri: str, experiment_id: str, sweep_id: str) -> dict[str, str]:
     """category -> test_split_hash of the runs a sweep logged so far (a resume must match them)."""
     out = {}
-    for run in client(uri).search_runs([experiment_id], f"tags.sweep_id = '{sweep_id}'", max_results=5000):
+    for run in search_runs(client(uri), [experiment_id], {"sweep_id": sweep_id}):  # quote-safe (o'clock)
         tags = run.data.tags
         if "test_split_hash" in tags:
             out.setdefault(tags.get("category", "?"), tags["test_split_hash"])
