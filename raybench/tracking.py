@@ -168,9 +168,11 @@ def _score(run, name: str) -> float:  # a missing or NaN metric ranks last
 
 
 def finished_runs(uri: str | None = None, dataset: str | None = None, category: str | None = None,
-                  method: str | None = None, experiment: str | None = None) -> list:
+                  method: str | None = None, experiment: str | None = None, include_final: bool = False) -> list:
     """FINISHED runs scored on validation, best first: validation image AUROC, then validation
-    pixel AUROC breaks ties. Test metrics never rank (runs from before validation existed are left out)."""
+    pixel AUROC breaks ties. Test metrics never rank (runs from before validation existed are left out).
+    `--final-seeds` retrainings (tag final=yes) only report the chosen configuration's spread: they
+    are left out unless `include_final`, so best_model and the registry load the run the leaderboard chose."""
     c = client(uri)
     if experiment:
         exp = c.get_experiment_by_name(experiment)
@@ -181,7 +183,8 @@ def finished_runs(uri: str | None = None, dataset: str | None = None, category: 
         return []
     tags = {k: v for k, v in (("category", category), ("method", method)) if v}
     runs = search_runs(c, [e.experiment_id for e in exps], tags, status="FINISHED")
-    runs = [r for r in runs if RANK_BY[0] in r.data.metrics]
+    runs = [r for r in runs if RANK_BY[0] in r.data.metrics
+            and (include_final or r.data.tags.get("final") != "yes")]
     return sorted(runs, key=lambda r: tuple(_score(r, m) for m in RANK_BY), reverse=True)
 
 
@@ -250,7 +253,7 @@ def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: 
     load), with its test figures. One sweep by default (`sweep_id`, else the latest); every sweep
     with `all_sweeps`. Runs tagged `final` (--final-seeds) never compete: they give the mean and
     std of test over the retrained chosen configuration."""
-    runs = finished_runs(uri, dataset, experiment=experiment)  # best first
+    runs = finished_runs(uri, dataset, experiment=experiment, include_final=True)  # best first
     if not all_sweeps:
         sweep_id = sweep_id or latest_sweep_id(runs)
         runs = [r for r in runs if r.data.tags.get("sweep_id") == sweep_id]

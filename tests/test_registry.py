@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import raybench
-from raybench import registry
+from raybench import best_model, registry
 from raybench.cli import main
 from raybench.data.io import decode_image
 from raybench.errors import ImageInputError
@@ -33,6 +33,10 @@ def test_champion_follows_the_best_run(tracking_uri):
     # worse on validation, however good on test: no change (test never chooses)
     log_detector_run(tracking_uri, tiny_patchcore(seed=3), "demo", "disc", 0.4, test_image_auroc=0.99)
     assert registry.register("demo", uri=tracking_uri)[0].run_id == first
+    # a --final-seeds retraining reports the chosen config's spread; it is never the champion itself
+    log_detector_run(tracking_uri, tiny_patchcore(seed=4), "demo", "disc", 0.95, final=True)
+    assert registry.register("demo", uri=tracking_uri)[0].run_id == first
+    assert best_model("disc", dataset="demo", tracking_uri=tracking_uri).meta["run_id"] == first
     better = log_detector_run(tracking_uri, tiny_patchcore(seed=2, image_threshold=1.0), "demo", "disc", 0.9)
     (moved,) = registry.register("demo", ["disc"], uri=tracking_uri)
     assert (moved.version, moved.run_id, moved.action) == ("2", better, "re-pointed")

@@ -24,7 +24,7 @@ def tiny_patchcore(image_size: int = 32, seed: int = 0, **meta) -> Detector:
 
 def log_detector_run(uri: str, det: Detector, dataset: str, category: str, image_auroc: float,
                      pixel_auroc: float = 0.5, test_image_auroc: float | None = None,
-                     test_pixel_auroc: float | None = None, sweep_id: str = "tracked") -> str:
+                     test_pixel_auroc: float | None = None, sweep_id: str = "tracked", final: bool = False) -> str:
     """`image_auroc` / `pixel_auroc` are the VALIDATION figures (what ranks the run, as the sweep's
     `val_*` metrics); the test figures default to the same values. Tags and params as
     raybench.run_logger.MLflowTrialLogger leaves a finished trial's run (sweep, budget, split)."""
@@ -32,7 +32,8 @@ def log_detector_run(uri: str, det: Detector, dataset: str, category: str, image
     exp_id = tracking.ensure_experiment(uri, tracking.experiment_name(dataset))
     run = c.create_run(exp_id, tags={"dataset": dataset, "category": category, "method": det.method,
                                      "sweep_id": sweep_id, "budget": "smoke", "raybench": "1",
-                                     "test_split_hash": f"tracked-{category}", "checkpoint": "yes"})
+                                     "test_split_hash": f"tracked-{category}", "checkpoint": "yes",
+                                     **({"final": "yes"} if final else {})})
     run_id = run.info.run_id
     for name, value in (("weights", det.config.weights), ("image_size", det.config.image_size),
                         ("split_mode", "real"), ("split_seed", 0)):

@@ -133,7 +133,7 @@ def main(argv=None) -> None:
             start = time.perf_counter()
             run_sweep(spec, log=lambda *_: None)
             wall = time.perf_counter() - start
-        finished = len(tracking.finished_runs(uri, "demo"))
+        finished = len(tracking.finished_runs(uri, "demo", include_final=True))
         summary = summarise(parse_samples(sampler.lines))
         if not sampler.available:
             print("nvidia-smi not found: GPU utilisation not sampled")
