@@ -13,7 +13,20 @@ METRIC, MODE = "val_image_auroc", "max"
 ERROR_REPORT = "raybench_error"  # see raybench.trial: a deterministic error reported as a result
 
 
-class PerCategorySearch(Searcher):
+class PicklingSearcher(Searcher):
+    """Tune saves a searcher with the experiment and restores it on --resume: the whole state, pickled
+    (which is why the storage must be writable by the team alone; README, Reliability)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__dict__.copy(), fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
+
+
+class PerCategorySearch(PicklingSearcher):
     def __init__(self, categories: list[str], space: SearchSpace, trials_per_category: int, seed: int,
                  metric: str = METRIC, mode: str = MODE):
         super().__init__(metric=metric, mode=mode)
@@ -61,11 +74,3 @@ class PerCategorySearch(Searcher):
         if result is not None and (ERROR_REPORT in result or not isinstance(result.get(self.metric), (int, float))):
             result = None
         study.on_trial_complete(trial_id, result, error=error or result is None)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__.copy(), fh)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 
 from ray.tune.search import Searcher
 
-from raybench.category_search import METRIC, MODE
+from raybench.category_search import METRIC, MODE, PicklingSearcher
 from raybench.tracking import RANK_BY
 
 
-class FixedConfigs(Searcher):
+class FixedConfigs(PicklingSearcher):
     """Hands out a fixed list of trial configs, each once, then FINISHED."""
 
     def __init__(self, configs: list[dict], metric: str = METRIC, mode: str = MODE):
@@ -33,14 +32,6 @@ class FixedConfigs(Searcher):
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         pass
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__.copy(), fh)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
 
 
 def _rank(metrics: dict) -> tuple:

@@ -3,6 +3,12 @@ MLflow sqlite store. Everything small so the suite runs on 2 cores."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +91,34 @@ def shared_dataset(name: str) -> Path:
     if not (path / name / "train").is_dir():
         pytest.skip(f"{path} not present (real-data checks run only beside ../shared/data)")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_mlflow_server(folder: Path):
+    """A real `mlflow server` on loopback (sqlite store and artifacts in `folder`); yields its URI."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'srv.db'}",
+         "--artifacts-destination", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not answer /health in 90 s")
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -4,15 +4,12 @@ assertions on the DOM it builds."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import running_mlflow_server
 from raybench import figures, tracking, ui
 from raybench.cli import main
 from test_figures import _toy
@@ -20,12 +17,6 @@ from test_figures import _toy
 pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("RAYBENCH_CHROMIUM", "/usr/bin/chromium")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dump_dom(url: str, profile: Path) -> str:
@@ -44,26 +35,8 @@ def mlflow_server(tmp_path_factory):
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) to check the UI")
     tmp = tmp_path_factory.mktemp("ui")
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'srv.db'}",
-         "--artifacts-destination", (tmp / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow server did not answer /health in 90 s")
+    with running_mlflow_server(tmp) as uri:
         yield uri, tmp
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _trial_run(c, exp_id, sweep_id, name, tmp, image_auroc):

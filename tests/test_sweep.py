@@ -2,17 +2,13 @@
 import json
 import math
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import running_mlflow_server
 from raybench import best_model, tracking
 from raybench.cli import main
 from raybench.config import field_types
@@ -220,29 +216,8 @@ def test_resume_finds_the_last_sweep_on_uri_storage(tmp_path, demo_root, ray_loc
                            resume=True, split_seed=1))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local, capsys):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-         "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow server did not answer /health in 90 s")
+    with running_mlflow_server(tmp_path) as uri:
         # the CLI, two methods in one command, through the server
         assert main(["sweep", "demo", "--data-root", str(demo_root), "--categories", "weave", "--trials", "1",
                      "--method", "patchcore,rd", "--budget", "smoke", "--set", "epochs1=1", "--final-seeds", "0",
@@ -265,9 +240,6 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local, caps
         det = best_model("weave", method="rd", tracking_uri=uri, device="cpu")
         assert det.method == "rd"
         assert list((tmp_path / "artifacts").rglob("weights.safetensors"))  # stored by the server
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_weights_that_cannot_be_had_stop_the_sweep_with_a_clear_error(tmp_path, demo_root, ray_local):
