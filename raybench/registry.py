@@ -104,7 +104,7 @@ def _log_pyfunc(client, run, uri: str) -> str:
 def _versions(client, name: str) -> list:
     """Every version of a registered model; the name may hold a quote (a category such as o'ring):
     MLflow filters have no escape, so it goes in the other kind of quotes, or is compared here."""
-    literal = tracking._quoted(name)
+    literal = tracking.filter_literal(name)
     found, token = [], None
     while True:
         page = client.search_model_versions(f"name = {literal}" if literal else None, page_token=token)

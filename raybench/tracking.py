@@ -129,7 +129,7 @@ def _raybench_experiments(c, dataset: str | None):
     return [e for e in c.search_experiments() if e.name.startswith(EXPERIMENT_PREFIX)]
 
 
-def _quoted(value: str) -> str | None:
+def filter_literal(value: str) -> str | None:
     """A value as an MLflow filter literal: MLflow has no escape inside quotes, so a value with a
     single quote goes in double quotes and vice versa; one with both cannot be written (None)."""
     value = str(value)
@@ -147,7 +147,7 @@ def search_runs(c, experiment_ids: list[str], tags: dict, status: str | None = N
     clauses = [f"attributes.status = '{status}'"] if status else []
     by_hand = {}
     for key, value in tags.items():
-        literal = _quoted(value)
+        literal = filter_literal(value)
         if literal is None:
             by_hand[key] = str(value)
         else:

@@ -40,8 +40,8 @@ def runs_url(base: str, experiment_id: str, search_filter: str | None = None) ->
 
 
 def sweep_url(base: str, experiment_id: str, sweep_id: str) -> str:
-    from raybench.tracking import _quoted
-    literal = _quoted(sweep_id)  # an id with a quote goes in the other quotes; with both, no filter is possible
+    from raybench.tracking import filter_literal
+    literal = filter_literal(sweep_id)  # an id with a quote goes in the other quotes; with both, no filter is possible
     return runs_url(base, experiment_id, f"tags.sweep_id = {literal}" if literal else None)
 
 
