@@ -6,7 +6,6 @@ import base64
 import io
 from html.parser import HTMLParser
 
-import numpy as np
 from PIL import Image
 
 from raybench import figures, tracking

@@ -11,7 +11,7 @@ import re
 import torch
 from torch import nn
 
-from raybench.models.weights import create_timm_model, load_state_file  # noqa: F401  (re-exported)
+from raybench.models.weights import create_timm_model
 
 
 def layer_indices(layers: list[str] | tuple[str, ...]) -> list[int]:
