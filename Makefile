@@ -1,4 +1,5 @@
-# The two README commands: `make demo` (set up + run the main job) and `make test`.
+# The two README commands: `make demo` (set up + run the main job) and `make test` (everything, what
+# CI runs); `make test-fast` runs the unit tests alone (no Ray, no servers).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,4 +27,7 @@ demo: setup
 test: setup
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: setup demo test
+test-fast: setup
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+.PHONY: setup demo test test-fast

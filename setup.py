@@ -1,5 +1,5 @@
 """Only what pyproject.toml cannot say: the top-level search_spaces/ ships inside the wheel as
-raybench/search_spaces/ (raybench.search_space reads it there, or beside the checkout when
+raybench/search_spaces/ (raybench.sweep.search_space reads it there, or beside the checkout when
 installed editable)."""
 from pathlib import Path
 

@@ -2,7 +2,12 @@
 tracked in MLflow."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version as _package_version
+
+try:  # one source of truth: pyproject.toml, through the installed package's metadata
+    __version__ = _package_version("raybench")
+except PackageNotFoundError:  # a bare checkout on PYTHONPATH, never installed
+    __version__ = "0+unknown"
 
 
 def best_model(category: str, dataset: str | None = None, method: str | None = None,
@@ -14,20 +19,18 @@ def best_model(category: str, dataset: str | None = None, method: str | None = N
     from raybench import tracking
     from raybench.detector import Detector
     if alias:
-        from raybench.registry import load_detector
+        from raybench.delivery.registry import load_detector
         if not dataset:
             raise ValueError("best_model(alias=...) needs dataset= (the registered name is raybench-<dataset>-<category>)")
         det = load_detector(dataset, category, tracking_uri, alias, device)
         if method and det.method != method:
             raise LookupError(f"raybench-{dataset}-{category}@{alias} is a {det.method} model, not {method}")
         return det
-    runs = [r for r in tracking.finished_runs(tracking_uri, dataset, category, method)
-            if r.data.tags.get("checkpoint") == "yes"]
-    if not runs:
+    best = tracking.chosen_run(tracking_uri, dataset, category, method)
+    if best is None:
         where = ", ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("method", method)) if v)
         raise LookupError(f"no finished run with a checkpoint for category {category!r}"
                           f"{' (' + where + ')' if where else ''} in {tracking.tracking_uri(tracking_uri)}")
-    best = runs[0]
     import tempfile
     with tempfile.TemporaryDirectory(prefix="raybench-detector-") as tmp:  # loaded into memory, copy removed
         det = Detector.load(tracking.download_detector(best, tracking_uri, dst=tmp), device=device)

@@ -10,32 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 
 EXIT_OK, EXIT_UNREADABLE, EXIT_USAGE, EXIT_TRIALS_FAILED, EXIT_NO_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-
-
-def parse_set(items: list[str]) -> dict:
-    from raybench.errors import ConfigError
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)  # numbers, booleans and [lists] as YAML
-    return out
-
-
-def parse_kinds(items: list[str] | None) -> dict:
-    from raybench.errors import ConfigError
-    out = {}
-    for item in items or []:
-        name, sep, kind = item.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--kind expects CATEGORY=object|texture, got {item!r}")
-        out[name.strip()] = kind.strip()
-    return out
 
 
 def _positive_int(text: str) -> int:
@@ -150,34 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_sweep(args) -> int:
-    from raybench.config import field_types
-    from raybench.methods import get_method, method_names
-    from raybench.sweep import DATASET_PRESETS, run_sweep
+    from raybench.delivery.registry import register
+    from raybench.methods import method_names
+    from raybench.sweep.driver import run_sweep
+    from raybench.sweep.plan import DEFAULT_TRIALS, new_sweep_id, overrides_per_method, parse_set, preset_default
     from raybench.tracking import format_leaderboard
-    trials = args.trials or DATASET_PRESETS.get(args.dataset, {}).get("trials", 8)
-    gpus = args.gpus_per_trial
+    trials = args.trials or preset_default(args.dataset, "trials", DEFAULT_TRIALS)
     methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     if args.search_space and len(methods) > 1:
         raise ValueError("--search-space names one method's file: use it with a single --method")
-    overrides = parse_set(args.overrides)
-    fields = {m: set(field_types(get_method(m).config_cls)) for m in methods}
-    unknown = [k for k in overrides if not any(k in f for f in fields.values())]
-    if unknown:
-        raise ValueError(f"--set {unknown}: not a parameter of {', '.join(methods)} (see `raybench methods`)")
+    overrides = overrides_per_method(methods, parse_set(args.overrides))
     if args.final_seeds is None:
-        args.final_seeds = DATASET_PRESETS.get(args.dataset, {}).get("final_seeds", 0)
+        args.final_seeds = preset_default(args.dataset, "final_seeds", 0)
     if not args.sweep_id and not args.resume:  # one sweep id for every method: one leaderboard
-        from raybench.sweep import new_sweep_id
         args.sweep_id = new_sweep_id()
     rows, failed, total, started_ms = [], 0, 0, int(time.time() * 1000)
     for method in methods:  # one after the other; each sweep runs its categories concurrently
-        own = {k: v for k, v in overrides.items() if k in fields[method]}  # e.g. epochs1 is rd's only
-        rows = run_sweep(_spec(args, method, trials, gpus, own))
+        rows = run_sweep(_spec(args, method, trials, overrides[method]))
         failed, total = failed + rows.failed, total + rows.total
     print("\nLeaderboard of this sweep (best FINISHED run per category x method, chosen on validation):")
     print(format_leaderboard(rows))
     if not args.no_register:
-        from raybench.registry import register
         print("\nModel Registry:")
         for reg in register(args.dataset, sorted({r.category for r in rows}), args.tracking_uri,
                             experiment=args.experiment):
@@ -193,8 +163,8 @@ def cmd_sweep(args) -> int:
 def _print_where_to_look(args, since_ms: int) -> None:
     """The sweep's last lines: how to open the MLflow UI on the runs this command made."""
     from raybench import tracking
-    from raybench.sweep_summary import recent_sweep_ids
-    from raybench.ui import where_to_look
+    from raybench.sweep.summary import recent_sweep_ids
+    from raybench.tracking.ui import where_to_look
     uri = tracking.tracking_uri(args.tracking_uri)
     name = tracking.experiment_name(args.dataset, args.experiment)
     exp = tracking.client(uri).get_experiment_by_name(name)
@@ -202,13 +172,13 @@ def _print_where_to_look(args, since_ms: int) -> None:
         print("\n" + where_to_look(uri, exp.experiment_id, recent_sweep_ids(uri, name, since_ms)))
 
 
-def _spec(args, method: str, trials: int, gpus: float | None, overrides: dict):
-    from raybench.sweep import SweepSpec
+def _spec(args, method: str, trials: int, overrides: dict):
+    from raybench.sweep.plan import SweepSpec, parse_kinds
     return SweepSpec(
         dataset=args.dataset, data_root=args.data_root, categories=args.categories, method=method,
         trials=trials, search_space=args.search_space, tracking_uri=args.tracking_uri,
         experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=gpus, workers=args.workers, seed=args.seed, weights=args.weights,
+        gpus_per_trial=args.gpus_per_trial, workers=args.workers, seed=args.seed, weights=args.weights,
         budget=args.budget, overrides=overrides, storage=args.storage,
         sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent,
         kinds=parse_kinds(args.kinds), figures=args.figures, val_split=args.val_split, val_mode=args.val_mode,
@@ -223,32 +193,17 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from raybench.report import write_report
+    from raybench.reporting.report import write_report
     from raybench.tracking import require_existing_store
     path = write_report(require_existing_store(args.tracking_uri), args.dataset, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; opens offline: file://{path.resolve()})")
     return 0
 
 
-def image_paths(arguments: list[str]) -> list[Path]:
-    """Files as given; a folder stands for its image files (sorted, not recursive)."""
-    from raybench.data.io import IMAGE_SUFFIXES
-    paths = []
-    for arg in map(Path, arguments):
-        if arg.is_dir():
-            paths += sorted(p for p in arg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            paths.append(arg)
-    return paths
-
-
 def cmd_predict(args) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from raybench import best_model, figures
-    from raybench.data.io import IMAGE_SUFFIXES, read_image
-    from raybench.errors import DatasetError
+    from raybench import best_model
+    from raybench.data.io import IMAGE_SUFFIXES
+    from raybench.delivery.predict import image_paths, predict_files
     from raybench.tracking import require_existing_store
     paths = image_paths(args.images)
     if not paths:  # before loading any model
@@ -259,37 +214,10 @@ def cmd_predict(args) -> int:
     except LookupError as err:
         print(f"raybench: error: {err}", file=sys.stderr)
         return EXIT_NO_MODEL
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    image_cut, pixel_cut = det.image_threshold, det.pixel_threshold
     print(f"model: {det.method} for {args.category}, MLflow run {det.meta.get('run_name') or ''} "
-          f"({det.meta.get('run_id')}); image cut {image_cut}, pixel cut {pixel_cut}", file=sys.stderr)
-    chunk, scored, unreadable = 32, 0, 0
-    for start in range(0, len(paths), chunk):  # results appear as they come
-        batch = []
-        for path in paths[start:start + chunk]:  # each file read once; a bad one is named and skipped
-            try:
-                batch.append((path, read_image(path)))
-            except DatasetError as err:
-                print(f"skipped: {err}", file=sys.stderr)
-                unreadable += 1
-        if not batch:
-            continue
-        scores, maps = det.predict([image for _, image in batch], batch_size=chunk, map_size="input")
-        for (path, image), score, amap in zip(batch, scores, maps):
-            verdict = "?" if image_cut is None else ("anomalous" if score >= image_cut else "normal")
-            print(f"{score:.6f}\t{verdict}\t{path}", flush=True)
-            if out:
-                stem = f"{scored:03d}_{path.stem}"  # the index keeps same-named files from different folders apart
-                np.save(out / f"{stem}_map.npy", amap)
-                # one scale for every image: black 0, mid-grey at the pixel threshold, white at twice it
-                scale = 2 * pixel_cut if pixel_cut else float(amap.max()) or 1.0
-                Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8)).save(out / f"{stem}_map.png")
-                if pixel_cut is not None:
-                    Image.fromarray(((amap >= pixel_cut) * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
-                figures.predict_overlay(image, amap, score, image_cut, pixel_cut).save(out / f"{stem}_overlay.png")
-            scored += 1
+          f"({det.meta.get('run_id')}); image cut {det.image_threshold}, pixel cut {det.pixel_threshold}",
+          file=sys.stderr)
+    scored, unreadable = predict_files(det, paths, Path(args.out) if args.out else None)
     if unreadable:
         print(f"{unreadable} file(s) could not be read (listed above); {scored} scored", file=sys.stderr)
     return EXIT_UNREADABLE if unreadable else EXIT_OK
@@ -315,7 +243,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_register(args) -> int:
-    from raybench.registry import register
+    from raybench.delivery.registry import register
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     done = register(args.dataset, categories, args.tracking_uri, experiment=args.experiment)
     for reg in done:
@@ -329,7 +257,7 @@ def cmd_register(args) -> int:
 def cmd_serve(args) -> int:
     import time
 
-    from raybench import serve
+    from raybench.delivery import serve
     from raybench.data.io import MAX_PIXELS
     app = serve.build_app(args.tracking_uri, args.alias, args.replicas, args.cpus_per_replica,
                           args.gpus_per_replica, args.max_pixels or MAX_PIXELS)
@@ -346,7 +274,7 @@ def cmd_serve(args) -> int:
 
 def cmd_export(args) -> int:
     from raybench import best_model
-    from raybench.export import export
+    from raybench.delivery.export import export
     det = best_model(args.category, dataset=args.dataset, method=args.method,
                      tracking_uri=args.tracking_uri, device="cpu")
     path, figures = export(det, args.out, args.format, check=not args.no_check)

@@ -17,7 +17,7 @@ from PIL import Image
 from raybench.config import from_dict, to_dict
 from raybench.data.io import image_to_array, read_image, resize_array
 from raybench.data.tensors import stack_images
-from raybench.methods.base import get_method
+from raybench.methods import get_method
 from raybench.models.common import pick_device
 
 CONFIG_FILE, WEIGHTS_FILE = "detector.json", "weights.safetensors"
@@ -86,6 +86,21 @@ class Detector:
         """Map values >= this mark defect pixels (the pixel-level F1-max threshold, as above)."""
         return self.meta.get("pixel_threshold")
 
+    def verdict(self, score: float) -> str | None:
+        """"anomalous" or "normal" by the image cut (validation's, or calibrate's); None without a cut.
+        The one verdict rule: predict, serve and the registered pyfunc model all ask here."""
+        cut = self.image_threshold
+        if cut is None:
+            return None
+        return "anomalous" if score >= cut else "normal"
+
+    def map_image(self, amap: np.ndarray) -> Image.Image:
+        """An anomaly map as an 8-bit grey picture on one scale for every image: black 0, mid-grey
+        at the pixel cut, white at twice it (without a cut: the map's own maximum is white)."""
+        cut = self.pixel_threshold
+        scale = 2 * cut if cut else float(amap.max()) or 1.0
+        return Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8))
+
     @torch.no_grad()
     def predict(self, images, batch_size: int = 32, map_size: str = "model"):
         """Image scores (N,) and anomaly maps: `map_size="model"` gives one (N, S, S) array at the
@@ -113,7 +128,7 @@ class Detector:
         """Set the verdict thresholds from known-good images alone: the image cut flags at most
         `false_alarm_rate` of them, the pixel cut at most that share of their map pixels. For lines
         where defects are too rare to label; replaces the test-split F1-max cuts (save() keeps them)."""
-        from raybench.metrics import threshold_for_false_alarm_rate
+        from raybench.evaluation.metrics import threshold_for_false_alarm_rate
         scores, maps = self.predict(normal_images, batch_size=batch_size)
         self.meta.update(image_threshold=threshold_for_false_alarm_rate(scores, false_alarm_rate),
                          pixel_threshold=threshold_for_false_alarm_rate(maps, false_alarm_rate),
@@ -128,8 +143,8 @@ class Detector:
         less the `excluded_test` images it trained on."""
         from raybench.data import load_dataset
         from raybench.errors import DatasetError
-        from raybench.evaluation import evaluate_scorer
-        from raybench.splits import make_split
+        from raybench.evaluation.scoring import evaluate_scorer
+        from raybench.evaluation.splits import make_split
         dataset = dataset or self.meta.get("dataset")
         category = category or self.meta.get("category")
         if not dataset or not category:
@@ -137,7 +152,10 @@ class Detector:
         (cat,) = load_dataset(dataset, data_root, [category])
         recorded = self.meta.get("split")
         if recorded:
-            split = make_split(cat, recorded["mode"], recorded["val_share"], recorded["seed"])
+            # raybench 0.1 checkpoints name these mode / val_share / seed
+            split = make_split(cat, recorded.get("val_mode", recorded.get("mode")),
+                               recorded.get("val_split", recorded.get("val_share")),
+                               recorded.get("split_seed", recorded.get("seed")))
             if split.test_split_hash != recorded["test_split_hash"]:
                 raise DatasetError(cat.root / cat.name, f"the test split rebuilt here (hash {split.test_split_hash[:12]}) "
                                                         f"is not the one this detector was scored on "

@@ -3,7 +3,6 @@ MLflow sqlite store. Everything small so the suite runs on 2 cores."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from net import free_port
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -92,11 +92,6 @@ def shared_dataset(name: str) -> Path:
         pytest.skip(f"{path} not present (real-data checks run only beside ../shared/data)")
     return path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -10,14 +10,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from net import free_port
 
 BIN = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_ports() -> list[str]:

@@ -27,7 +27,7 @@ def log_detector_run(uri: str, det: Detector, dataset: str, category: str, image
                      test_pixel_auroc: float | None = None, sweep_id: str = "tracked", final: bool = False) -> str:
     """`image_auroc` / `pixel_auroc` are the VALIDATION figures (what ranks the run, as the sweep's
     `val_*` metrics); the test figures default to the same values. Tags and params as
-    raybench.run_logger.MLflowTrialLogger leaves a finished trial's run (sweep, budget, split)."""
+    raybench.sweep.run_logger.MLflowTrialLogger leaves a finished trial's run (sweep, budget, split)."""
     c = tracking.client(uri)
     exp_id = tracking.ensure_experiment(uri, tracking.experiment_name(dataset))
     run = c.create_run(exp_id, tags={"dataset": dataset, "category": category, "method": det.method,
@@ -36,7 +36,7 @@ def log_detector_run(uri: str, det: Detector, dataset: str, category: str, image
                                      **({"final": "yes"} if final else {})})
     run_id = run.info.run_id
     for name, value in (("weights", det.config.weights), ("image_size", det.config.image_size),
-                        ("split_mode", "real"), ("split_seed", 0)):
+                        ("val_mode", "real"), ("split_seed", 0)):
         c.log_param(run_id, name, str(value))
     test_image = image_auroc if test_image_auroc is None else test_image_auroc
     test_pixel = pixel_auroc if test_pixel_auroc is None else test_pixel_auroc

@@ -13,7 +13,7 @@ script says it skipped the peer and why.
 Fairness: both PatchCores embed the same preloaded float tensors with the same backbone weights
 (anomalib's extractor is loaded with raybench's backbone state dict, whatever --weights says, and fed
 the same normalisation: the backbone's own pretrained config) and
-are scored with raybench.metrics. Differences that remain are the methods' own: anomalib scores an
+are scored with raybench.evaluation.metrics. Differences that remain are the methods' own: anomalib scores an
 image with the nearest-neighbour reweighting of the paper (num_neighbors=9), raybench with the plain
 maximum patch distance; both smooth maps with sigma 4.
 """
@@ -28,13 +28,13 @@ import time
 import numpy as np
 import torch
 
-from raybench.cli import parse_set
+from raybench.sweep.plan import parse_set
 from raybench.config import field_types, from_dict
 from raybench.data import load_dataset
 from raybench.data.tensors import iterate_batches, load_images, load_masks
-from raybench.evaluation import evaluate_scorer, score_images
+from raybench.evaluation.scoring import evaluate_scorer, score_images
 from raybench.methods import get_method
-from raybench.metrics import evaluate_predictions
+from raybench.evaluation.metrics import evaluate_predictions
 from raybench.models.weights import describe as describe_weights
 from raybench.models.common import pick_device, set_seed, synchronize
 

@@ -67,11 +67,12 @@ def _demo_model(category: str, uri: str) -> None:
     """A smoke-budget patchcore on the demo category, logged and registered in `uri`."""
     import torch
 
-    from raybench import registry, tracking
+    from raybench.delivery import registry
+    from raybench import tracking
     from raybench.config import from_dict
     from raybench.data import load_dataset
     from raybench.detector import Detector
-    from raybench.evaluation import evaluate_scorer
+    from raybench.evaluation.scoring import evaluate_scorer
     from raybench.methods import get_method
     spec = get_method("patchcore")
     cfg = from_dict(spec.config_cls, {"weights": "random", **spec.budgets["smoke"]})
@@ -94,7 +95,8 @@ def _demo_model(category: str, uri: str) -> None:
 def main(argv=None) -> int:
     import ray
 
-    from raybench import registry, serve
+    from raybench.delivery import registry
+    from raybench.delivery import serve
     from raybench.data import load_dataset
     from raybench.data.io import decode_image
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from raybench.cli import parse_set
+from raybench.sweep.plan import parse_set
 from raybench.config import from_dict
 from raybench.data import load_dataset
-from raybench.evaluation import evaluate_scorer, relative_path
+from raybench.evaluation.scoring import evaluate_scorer, relative_path
 from raybench.methods import get_method
 from raybench.methods.siamese_unet import draw_real_anomalies
 from raybench.models.backbones import FeatureExtractor

@@ -90,7 +90,7 @@ class GpuSampler:
 
 
 def parse_args(argv=None):
-    from raybench.cli import parse_set
+    from raybench.sweep.plan import parse_set
     from raybench.methods.base import BUDGETS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpus-per-trial", type=float, nargs="+", default=[0.25, 1.0])
@@ -113,7 +113,8 @@ def main(argv=None) -> None:
     from raybench import tracking
     from raybench.data import load_dataset
     from raybench.local_ray import start_local_ray
-    from raybench.sweep import SweepSpec, run_sweep
+    from raybench.sweep.driver import run_sweep
+    from raybench.sweep.plan import SweepSpec
 
     args = parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="raybench-util-"))

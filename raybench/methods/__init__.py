@@ -1,7 +1,14 @@
-"""Built-in methods register themselves on import."""
-from raybench.methods import patchcore  # noqa: F401
-from raybench.methods import cutswap  # noqa: F401
-from raybench.methods import siamese_unet  # noqa: F401
-from raybench.methods.base import FitResult, MethodSpec, get_method, method_names
+"""The methods: each module registers its MethodSpec on import (raybench.methods.base.register);
+`get_method` and `method_names` look them up once all built-in ones are imported."""
+from raybench.methods import cutswap, patchcore, siamese_unet  # noqa: F401  (they register themselves)
+from raybench.methods.base import _REGISTRY, FitResult, MethodSpec  # noqa: F401
 
-__all__ = ["FitResult", "MethodSpec", "get_method", "method_names"]
+
+def get_method(name: str) -> MethodSpec:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)

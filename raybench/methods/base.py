@@ -13,12 +13,12 @@ from torch import nn
 
 
 BUDGETS = ("smoke", "default", "paper")
-BOUNDING_BUDGETS = ("smoke", "paper")  # their keys are taken out of the search space (raybench.sweep)
+BOUNDING_BUDGETS = ("smoke", "paper")  # their keys are taken out of the search space (raybench.sweep.driver)
 
 # on_epoch(epoch, scorer[, excluded_test]) is called after each training epoch; the sweep uses it
 # to report intermediate validation metrics (ASHA) and may stop the trial there. A method that
 # trains on images of `category.test` (which the sweep fills with the validation pool, never the
-# test split: raybench.splits) passes them as excluded_test so they are never scored.
+# test split: raybench.evaluation.splits) passes them as excluded_test so they are never scored.
 EpochHook = Callable[..., None]
 
 
@@ -97,23 +97,11 @@ def register(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
-def get_method(name: str) -> MethodSpec:
-    import raybench.methods  # noqa: F401  (registers the built-in methods)
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def method_names() -> list[str]:
-    import raybench.methods  # noqa: F401
-    return sorted(_REGISTRY)
-
-
 class Parallel:
     """Data-parallel helpers for a training loop, in plain torch.distributed terms.
 
     A method's fit calls `wrap(model)` and trains on `shard(n)` of its samples; with no process
-    group (one process) both are identities. Ray Train's TorchTrainer (see raybench.sweep) only
+    group (one process) both are identities. Ray Train's TorchTrainer (see raybench.sweep.driver) only
     starts the process group: the methods stay free of Ray.
     """
 

@@ -30,7 +30,7 @@ from raybench.config import ranged
 from raybench.data.layout import Category, Sample
 from raybench.data.tensors import load_images
 from raybench.errors import ConfigError
-from raybench.evaluation import relative_path
+from raybench.evaluation.scoring import relative_path
 from raybench.methods.base import FitResult, MethodSpec, Parallel, register
 from raybench.models.common import cudnn_determinism, set_seed, synchronize
 from raybench.models.siamese_unet import SiameseUNet

@@ -1,0 +1,1 @@
+"""Validation / test splits, scoring a split, metrics: no Ray, no MLflow."""

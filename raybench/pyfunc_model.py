@@ -1,7 +1,0 @@
-"""The registered pyfunc model's code (MLflow "models from code"): MLflow copies this file into
-each model and runs it on load, so no pickled object is ever deserialised."""
-from mlflow.models import set_model
-
-from raybench.registry import DetectorModel
-
-set_model(DetectorModel())

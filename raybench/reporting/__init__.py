@@ -1,0 +1,1 @@
+"""Pictures and pages: figures (pure functions of arrays), the HTML report, published reference numbers."""

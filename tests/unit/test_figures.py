@@ -1,0 +1,131 @@
+"""raybench.reporting.figures: which images the overlay grid picks (hand-made scores), and valid PNGs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raybench.reporting import figures
+
+
+def test_selection_on_hand_made_scores():
+    #            0    1    2    3    4    5    6    7
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    scores = [0.1, 0.9, 0.7, 0.2, 0.3, 0.05, 0.8, 0.95]
+    sel = figures.select_examples(labels, scores, image_threshold=0.5, n_missed=3, n_false_alarms=3, n_correct=4)
+    assert sel.missed == [5, 4]           # defective below 0.5, lowest score first
+    assert sel.false_alarms == [1, 2]     # good at or above 0.5, highest first
+    assert sel.correct == [7, 0, 6, 3]    # clearest detection, calmest good, alternating
+    assert [k for k, _ in sel.rows()] == ["missed defect"] * 2 + ["false alarm"] * 2 + ["correct"] * 4
+
+
+def test_selection_cut_is_inclusive_and_limits_apply():
+    labels = [0, 0, 0, 1]
+    scores = [0.5, 0.6, 0.7, 0.5]
+    sel = figures.select_examples(labels, scores, 0.5, n_missed=2, n_false_alarms=2, n_correct=1)
+    assert sel.missed == []               # 0.5 >= 0.5 is flagged
+    assert sel.false_alarms == [2, 1]     # three false alarms, the two worst kept
+    assert sel.correct == [3]
+
+
+def test_selection_without_a_cut_flags_nothing_wrongly():
+    sel = figures.select_examples([0, 0, 1], [0.3, 0.1, 0.2], float("nan"), n_correct=2)
+    assert sel.missed == [] and sel.false_alarms == []
+    assert sel.correct == [2, 1]
+
+
+def test_selection_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="differ"):
+        figures.select_examples([0, 1], [0.1], 0.5)
+
+
+def _toy(n_good=4, n_bad=4, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_good + n_bad
+    images = rng.uniform(0, 1, (n, 3, size, size)).astype(np.float16)
+    masks = np.zeros((n, size, size), np.uint8)
+    maps = rng.uniform(0, 0.3, (n, size, size)).astype(np.float32)
+    for i in range(n_good, n):
+        masks[i, 8:16, 8:16] = 1
+        maps[i, 8:16, 8:16] += 0.5
+    labels = np.array([0] * n_good + [1] * n_bad)
+    scores = maps.reshape(n, -1).max(1)
+    scores[0] = 0.95  # one false alarm
+    scores[-1] = 0.1  # one missed defect
+    return images, masks, labels, scores, maps
+
+
+def test_render_trial_writes_valid_pngs_of_sensible_size(tmp_path):
+    images, masks, labels, scores, maps = _toy()
+    paths = figures.render_trial(tmp_path / "figures", images, masks, labels, scores, maps,
+                                 image_threshold=0.5, pixel_threshold=0.4, title="widget patchcore")
+    assert [p.name for p in paths] == [figures.OVERLAYS, figures.CURVES, figures.HISTOGRAM]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            w, h = im.size
+            assert 300 <= w <= 2000 and 200 <= h <= 3000, (path.name, im.size)
+            assert np.asarray(im.convert("L")).std() > 5  # something drawn, not a blank canvas
+        assert 5_000 < path.stat().st_size < 2_000_000
+    # one missed, one false alarm, two correct: 4 rows of 4 panels, taller than wide
+    with Image.open(tmp_path / "figures" / figures.OVERLAYS) as im:
+        assert im.size[1] > im.size[0]
+
+
+def test_overlay_rows_follow_the_selection(tmp_path):
+    images, masks, labels, scores, maps = _toy()
+    few = figures.overlay_grid(images, masks, maps, labels, scores, 0.5, 0.4,
+                               selection=figures.Selection(correct=[1]))
+    many = figures.overlay_grid(images, masks, maps, labels, scores, 0.5, 0.4,
+                                selection=figures.Selection(missed=[7], false_alarms=[0], correct=[1, 5]))
+    assert len(few.axes) == 4 and len(many.axes) == 16
+    figures._plt().close("all")
+
+
+def test_curves_say_when_a_level_has_one_class(tmp_path):
+    images, masks, labels, scores, maps = _toy()
+    fig = figures.curves(labels, scores, np.zeros_like(masks), maps)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "pixel: one class only" in texts
+    legends = [ax.get_legend().get_texts()[0].get_text() for ax in fig.axes if ax.get_legend()]
+    # the image-level AUROC on the curve is the one sklearn computes
+    from sklearn.metrics import roc_auc_score
+    assert f"AUROC {roc_auc_score(labels, scores):.4f}" in legends
+    figures._plt().close(fig)
+
+
+def test_predict_overlay_outlines_the_predicted_region_and_writes_the_verdict():
+    image = np.full((64, 80, 3), 0.5, np.float32)
+    amap = np.zeros((64, 80), np.float32)
+    amap[20:40, 30:50] = 1.0
+    over = figures.predict_overlay(image, amap, 0.93, image_threshold=0.5, pixel_threshold=0.5)
+    a = np.asarray(over)
+    assert over.size == (80, 64) and a.dtype == np.uint8
+    assert (a[20, 30:50] == 255).all() and (a[39, 30:50] == 255).all()  # the region's border is white
+    assert not (a[30, 35:45] == 255).all(axis=-1).any()  # its inside is heat, not outline
+    assert a[60, 70, 0] < a[30, 40, 0]  # jet: hot region redder than the cold background
+    assert (a[:14, :60] != a[50, 5]).any()  # the score banner is drawn top left
+    calm = np.asarray(figures.predict_overlay(image, amap * 0, 0.1, 0.5, 0.5))
+    assert not (calm[20:] == 255).all(axis=-1).any()  # nothing predicted: no outline (below the banner)
+    with pytest.raises(ValueError, match="differ in size"):
+        figures.predict_overlay(image, amap[:10], 0.1, 0.5, 0.5)
+
+
+def test_leaderboard_chart_marks_the_papers_numbers_on_their_bars():
+    from matplotlib.collections import PathCollection
+
+    from raybench.reporting.references import reference_image_auroc
+    refs = reference_image_auroc("mvtec")
+    assert refs[("screw", "patchcore")] == 0.949 and refs[("bottle", "cutswap")] == 0.999
+    assert len(refs) == 45 and len(reference_image_auroc("visa")) == 36 and reference_image_auroc("demo") == {}
+    fig = figures.leaderboard_chart([("bottle", "patchcore", 0.9, None), ("bottle", "rd", 0.8, 0.05),
+                                     ("screw", "patchcore", 0.7, None)], references=refs)
+    ax = fig.axes[0]
+    marks = [c for c in ax.collections if isinstance(c, PathCollection)]
+    ys = sorted(float(y) for c in marks for _, y in c.get_offsets())
+    assert ys == [0.949, 1.0]  # patchcore's two categories; rd has no published number
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.0, 0.7, 0.8, 0.9]  # screw has no rd run: an empty bar
+    figures._plt().close(fig)
