@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Tools for the loopback `ray up` test (tests/test_cluster_e2e.py): an ssh server and rsync.
+# Tools for the loopback `ray up` test (tests/e2e/test_ray_up_on_loopback.py): an ssh server and rsync.
 # Idempotent: installs only what is missing, from Debian's packages (apt-get), and starts nothing --
 # the test runs its own sshd on 127.0.0.1 with its own config, and stops it. The distribution's
 # ssh service is kept from starting during the install (policy-rc.d), so no sshd ends up
 # listening on port 22 of every interface.
 #
-#   tests/cluster_setup.sh        # then: pytest -m slow tests/test_cluster_e2e.py
+#   tests/cluster_setup.sh        # then: pytest -m slow tests/e2e/test_ray_up_on_loopback.py
 set -euo pipefail
 
 need=()
