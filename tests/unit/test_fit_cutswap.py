@@ -1,4 +1,4 @@
-"""Smoke fits of `cutswap` (and, via tests/test_cutpaste_fit.py, `cutpaste`) on a slice of the demo
+"""Smoke fits of `cutswap` (and, via tests/unit/test_fit_cutpaste.py, `cutpaste`) on a slice of the demo
 data (random weights, 32 px, one epoch): finite AUROCs, a Detector roundtrip with identical
 predictions, same seed => same metrics."""
 from __future__ import annotations
