@@ -39,3 +39,32 @@ def start_local_ray(log=print, **init_kwargs):
 def token_auth_enabled() -> bool:
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
     return is_token_auth_enabled()
+
+
+def keep_replica_on_loopback() -> bool:
+    """Called in a Ray Serve replica (the deployment's constructor, which Serve runs before it opens
+    the replica's ports). Ray Serve 2.60 starts each replica's inter-deployment gRPC server on
+    "[::]:0", every interface, whatever the node's address; on a node whose address is loopback
+    (a local `raybench serve`) that server is moved to 127.0.0.1, the address the proxy and the
+    handles dial. Returns whether it applied: not on a cluster node, nor if Ray no longer binds
+    that way (tests/ check every port of a local serve is on loopback, so a Ray upgrade that
+    changes this is caught)."""
+    import ray
+    try:
+        import ray.serve._private.replica as replica
+        original = replica.add_port_to_grpc_server
+    except (ImportError, AttributeError):
+        return False
+    if ray.util.get_node_ip_address() != LOOPBACK:
+        return False
+    if getattr(original, "raybench_loopback", False):
+        return True
+
+    def add_port(server, address: str):
+        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
+            address = f"{LOOPBACK}:{address.rsplit(':', 1)[1]}"
+        return original(server, address)
+
+    add_port.raybench_loopback = True
+    replica.add_port_to_grpc_server = add_port
+    return True
