@@ -8,6 +8,9 @@
   loopback only. That mode is Ray's `ENABLE_RAY_CLUSTER` switch (env
   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read when Ray is imported), so it is turned off for the
   start alone and restored after: a driver joining a real cluster later is not affected.
+- The process's SIGTERM handling stays as it was: ray.init installs its own handler (sys.exit
+  mid-sweep, which left runs RUNNING and Ray processes orphaned); `init_ray` puts the caller's back,
+  so `raybench` can stop on SIGTERM as it stops on Ctrl-C (raybench.stop_signals).
 - Token auth as Ray 2.60 sets it up for a new local cluster (`~/.ray/auth_token`), unless the user
   turned it off explicitly with RAY_AUTH_MODE=disabled: then we say so.
 """
@@ -18,13 +21,29 @@ from raybench.errors import RaybenchError
 LOOPBACK = "127.0.0.1"
 
 
+def init_ray(**init_kwargs):
+    """ray.init(**init_kwargs), leaving the process's SIGTERM handler as it found it."""
+    import signal
+    import threading
+
+    import ray
+    if threading.current_thread() is not threading.main_thread():
+        return ray.init(**init_kwargs)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        return ray.init(**init_kwargs)
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
 def start_local_ray(log=print, **init_kwargs):
     """A new Ray on this machine only (see the module docstring); returns ray.init's context."""
     import ray
     import ray._private.ray_constants as ray_constants
     before, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     try:
-        context = ray.init(address="local", _node_ip_address=LOOPBACK, **init_kwargs)
+        context = init_ray(address="local", _node_ip_address=LOOPBACK, **init_kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
     node_ip = context.address_info["node_ip_address"]
