@@ -10,22 +10,51 @@
   start alone and restored after: a driver joining a real cluster later is not affected.
 - The process's SIGTERM handling stays as it was: ray.init installs its own handler (sys.exit
   mid-sweep, which left runs RUNNING and Ray processes orphaned); `init_ray` puts the caller's back,
-  so `raybench` can stop on SIGTERM as it stops on Ctrl-C (raybench.stop_signals).
+  so `raybench` stops on SIGTERM as it stops on Ctrl-C (`sigterm_as_interrupt` below).
 - Token auth as Ray 2.60 sets it up for a new local cluster (`~/.ray/auth_token`), unless the user
   turned it off explicitly with RAY_AUTH_MODE=disabled: then we say so.
 """
 from __future__ import annotations
 
+import signal
+import threading
+
 from raybench.errors import RaybenchError
 
 LOOPBACK = "127.0.0.1"
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: how a shell reports a process ended by SIGTERM
+_sigterm = {"received": None}
+
+
+def sigterm_as_interrupt() -> bool:
+    """From now on SIGTERM (systemd, `timeout`, Kubernetes, `docker stop`) runs whatever SIGINT runs
+    at that moment: inside `Tuner.fit` Tune's graceful stop (trials end, the experiment state is
+    saved, the run logger marks unfinished runs, the sweep raises SweepInterrupted with the
+    `--resume` command); elsewhere a KeyboardInterrupt (`raybench serve` then drains and stops).
+    `terminated()` tells the CLI to exit 143 rather than Ctrl-C's 130. Main thread only; returns
+    whether it was installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
+
+
+def _on_sigterm(signum, frame):
+    _sigterm["received"] = signum
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)  # Tune's graceful stop, or signal.default_int_handler
+    else:  # SIGINT ignored or left to the OS: stop all the same, the Python way
+        raise KeyboardInterrupt
+
+
+def terminated() -> bool:
+    """Whether a SIGTERM arrived since sigterm_as_interrupt() was installed."""
+    return _sigterm["received"] is not None
 
 
 def init_ray(**init_kwargs):
     """ray.init(**init_kwargs), leaving the process's SIGTERM handler as it found it."""
-    import signal
-    import threading
-
     import ray
     if threading.current_thread() is not threading.main_thread():
         return ray.init(**init_kwargs)

@@ -4,59 +4,21 @@ DatasetError naming the problem, or decodes to finite pixels; nothing else escap
 filled in, nothing hangs. Bounded: seeded fuzz, a few hundred decodes of small images, ~10 s."""
 from __future__ import annotations
 
-import io
 import os
 import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import ImageFile
 
 from raybench.data.io import FORMATS, MAX_PIXELS_PER_BYTE, decode_image, read_image
 from raybench.errors import DatasetError, ImageInputError
 
-RNG_IMAGE = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
-
-
-def encode(array: np.ndarray, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def png_declaring(width: int, height: int, rows: int, interlace: int = 0) -> bytes:
-    """A well-formed PNG (valid CRCs, a complete zlib stream, IEND) whose header declares
-    width x height RGB but whose data hold only `rows` rows: Pillow alone fills in the rest."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, interlace)
-    data = zlib.compress((b"\x00" + b"\x7f" * (3 * width)) * rows, 9)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
-
-
-def float_tiff(value: float) -> bytes:
-    arr = np.linspace(0, 1, 30 * 40, dtype=np.float32).reshape(30, 40)
-    arr[7, 9] = value
-    return encode(arr, "TIFF")
-
-
-GOOD = {
-    "PNG": encode(RNG_IMAGE, "PNG"), "JPEG": encode(RNG_IMAGE, "JPEG"),
-    "JPEG-progressive": encode(RNG_IMAGE, "JPEG", progressive=True), "TIFF": encode(RNG_IMAGE, "TIFF"),
-    "TIFF-deflate": encode(RNG_IMAGE, "TIFF", compression="tiff_deflate"),
-    "TIFF-lzw": encode(RNG_IMAGE, "TIFF", compression="tiff_lzw"), "BMP": encode(RNG_IMAGE, "BMP"),
-    "PNG-gray16": encode((RNG_IMAGE[..., 0].astype(np.uint16) * 257), "PNG"),
-    "PNG-gray8": encode(RNG_IMAGE[..., 1], "PNG"),
-    "TIFF-float": float_tiff(0.5),
-}
-
+from hostile import EPS, GOOD, RGB, encode, float_tiff, png_declaring
 
 @pytest.mark.parametrize("name", sorted(GOOD))
 def test_every_accepted_kind_decodes_to_finite_pixels(name):
@@ -85,7 +47,7 @@ def test_a_tiny_png_declaring_7000x7000_is_refused_at_once_without_memory():
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"raybench-bomb-{os.getpid()}.png"
     path.write_bytes(bomb)
     try:
-        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1]), str(path)],
+        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2]), str(path)],
                              capture_output=True, text=True, timeout=120)
     finally:
         path.unlink()
@@ -121,9 +83,8 @@ def test_non_finite_pixels_are_refused_with_422(value):
 
 def test_only_the_named_formats_are_opened():
     assert FORMATS == ("PNG", "JPEG", "TIFF", "BMP")
-    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto showpage\n"
-    others = {"EPS": eps, "GIF": encode(RNG_IMAGE, "GIF"), "WEBP": encode(RNG_IMAGE, "WEBP"),
-              "ICO": encode(RNG_IMAGE, "ICO"), "PPM": encode(RNG_IMAGE, "PPM"), "TGA": encode(RNG_IMAGE, "TGA"),
+    others = {"EPS": EPS, "GIF": encode(RGB, "GIF"), "WEBP": encode(RGB, "WEBP"),
+              "ICO": encode(RGB, "ICO"), "PPM": encode(RGB, "PPM"), "TGA": encode(RGB, "TGA"),
               "SVG": b"<svg xmlns='http://www.w3.org/2000/svg' width='8' height='8'/>"}
     for name, data in others.items():
         with pytest.raises(ImageInputError, match="not an image file of a format read here") as err:
@@ -132,7 +93,7 @@ def test_only_the_named_formats_are_opened():
 
 
 def test_header_bombs_are_413_before_decoding():
-    cases = [png_declaring(60000, 60000, rows=1), encode(RNG_IMAGE, "PNG")]
+    cases = [png_declaring(60000, 60000, rows=1), encode(RGB, "PNG")]
     jpeg = bytearray(GOOD["JPEG"])
     sof = jpeg.index(b"\xff\xc0")  # baseline SOF0: precision, height, width
     jpeg[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)
@@ -200,6 +161,6 @@ def test_files_that_are_not_regular_are_named_and_never_waited_on(tmp_path):
     (tmp_path / "inf.tiff").write_bytes(float_tiff(np.inf))
     with pytest.raises(DatasetError, match="inf.tiff: .*not finite"):
         read_image(tmp_path / "inf.tiff")
-    (tmp_path / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
+    (tmp_path / "eps.png").write_bytes(EPS)
     with pytest.raises(DatasetError, match="eps.png: cannot read image"):
         read_image(tmp_path / "eps.png")
