@@ -26,6 +26,7 @@ from raybench.delivery import registry
 from raybench.sweep.run_logger import INTERRUPTED
 
 from conftest import make_mvtec_category
+from hostile import raw_exchange
 from net import free_port
 from tracked_runs import log_detector_run, tiny_patchcore
 
@@ -130,6 +131,13 @@ def test_sigterm_drains_serve_and_leaves_nothing(world):
                 time.sleep(1)
         else:
             pytest.fail("serve did not answer in 180 s")
+        # Serve's own proxy stops reading a chunked body past the limit (64 MiB): without
+        # raybench's ProxyBodyLimit it took in 128 of 150 MiB before the replica's 413 came back
+        piece = b"\0" * (1 << 20)
+        status, answer, sent = raw_exchange(port, b"POST /demo/disc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+                                                  b"chunked\r\n\r\n", (b"%x\r\n%s\r\n" % (len(piece), piece)
+                                                                            for _ in range(150)))
+        assert status == 413 and b"over the limit" in answer and sent < 100 << 20, (status, answer, sent >> 20)
         with ThreadPoolExecutor(3) as pool:
             inflight = [pool.submit(requests.post, url, data=big, timeout=60) for _ in range(3)]
             time.sleep(0.3)
