@@ -2,7 +2,8 @@
 
 Exit status: 0 all done; 1 `predict` skipped unreadable files; 2 bad input (arguments, data,
 config, search space, tracking, storage: nothing ran); 3 a sweep ended with FAILED trials;
-4 `predict` found no model for the category; 130 interrupted (Ctrl-C; `--resume` finishes a sweep)."""
+4 `predict` found no model for the category; 130 interrupted (Ctrl-C; `--resume` finishes a sweep);
+143 the same on SIGTERM. `raybench serve` drains and exits 0 on either."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from pathlib import Path
 
 
 EXIT_OK, EXIT_UNREADABLE, EXIT_USAGE, EXIT_TRIALS_FAILED, EXIT_NO_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_TERMINATED = 143  # SIGTERM: stopped as Ctrl-C stops; 128 + 15, as a shell reports it
 
 
 def _positive_int(text: str) -> int:
@@ -219,7 +221,7 @@ def cmd_predict(args) -> int:
           file=sys.stderr)
     scored, unreadable = predict_files(det, paths, Path(args.out) if args.out else None)
     if unreadable:
-        print(f"{unreadable} file(s) could not be read (listed above); {scored} scored", file=sys.stderr)
+        print(f"{unreadable} file(s) could not be read or scored (listed above); {scored} scored", file=sys.stderr)
     return EXIT_UNREADABLE if unreadable else EXIT_OK
 
 
@@ -267,8 +269,11 @@ def cmd_serve(args) -> int:
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: take no new requests, finish those taken, stop
+        from raybench.local_ray import terminated
+        print(f"raybench serve: {'SIGTERM' if terminated() else 'interrupted'}: draining and stopping", flush=True)
         serve.shutdown()
+        print("raybench serve: stopped", flush=True)
     return 0
 
 
@@ -288,6 +293,8 @@ def cmd_export(args) -> int:
 
 def main(argv=None) -> int:
     from raybench.errors import RaybenchError, SweepInterrupted
+    from raybench.local_ray import sigterm_as_interrupt, terminated
+    sigterm_as_interrupt()  # systemd, `timeout`, Kubernetes, docker stop: stop as Ctrl-C stops
     args = build_parser().parse_args(argv)
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
                "methods": cmd_methods, "export": cmd_export,
@@ -295,12 +302,12 @@ def main(argv=None) -> int:
     try:
         return handler(args)
     except SweepInterrupted as err:
-        print(f"raybench: {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"raybench: {err}{' (SIGTERM)' if terminated() else ''}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the trials
         hint = " (`--resume` with the same arguments finishes the sweep)" if args.command == "sweep" else ""
-        print(f"raybench: interrupted{hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"raybench: {'terminated (SIGTERM)' if terminated() else 'interrupted'}{hint}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     except (RaybenchError, ValueError, LookupError) as err:  # LookupError: no such run (KeyError is one)
         print(f"raybench: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -88,9 +88,12 @@ class Detector:
 
     def verdict(self, score: float) -> str | None:
         """"anomalous" or "normal" by the image cut (validation's, or calibrate's); None without a cut.
-        The one verdict rule: predict, serve and the registered pyfunc model all ask here."""
+        The one verdict rule: predict, serve and the registered pyfunc model all ask here.
+        A score that is not finite gets "error", never "normal" (NaN >= cut is False)."""
+        if not np.isfinite(score):
+            return "error"
         cut = self.image_threshold
-        if cut is None:
+        if cut is None or not np.isfinite(cut):
             return None
         return "anomalous" if score >= cut else "normal"
 

@@ -37,7 +37,8 @@ class ExportError(RaybenchError):
 
 class ImageInputError(RaybenchError):
     """Bytes sent to be scored are not a usable image; `status` is the HTTP status that says so
-    (400: not an image or truncated, 413: more pixels than the limit)."""
+    (400: not an image of an accepted format, or truncated; 413: more pixels or bytes than the
+    limits; 422: pixels or a score that are not finite, so no verdict can be given)."""
 
     def __init__(self, problem: str, status: int = 400):
         self.problem, self.status = problem, status

@@ -1,6 +1,7 @@
 """`raybench predict`: score image files with a Detector, print one line per image as it comes,
 and (with an output folder) write each image's map, mask and overlay. A file that cannot be read
-is named and skipped; the rest are scored."""
+(raybench.data.io: not a regular file, not PNG/JPEG/TIFF/BMP, truncated, too large, pixels that are
+not finite) or whose score is not finite is named and skipped; the rest are scored."""
 from __future__ import annotations
 
 import sys
@@ -56,6 +57,11 @@ def predict_files(det, paths: list[Path], out: Path | None = None, stdout=None, 
             continue
         scores, maps = det.predict([image for _, image in batch], batch_size=CHUNK, map_size="input")
         for (path, image), score, amap in zip(batch, scores, maps):
+            if not np.isfinite(score):  # no verdict on it: named and skipped as an unreadable file is
+                print(f"skipped: {path}: the model's score is {score}, not a number a verdict can be given on",
+                      file=stderr)
+                unreadable += 1
+                continue
             print(f"{score:.6f}\t{det.verdict(score) or '?'}\t{path}", file=stdout, flush=True)
             if out:  # the index keeps same-named files from different folders apart
                 write_outputs(det, out, f"{scored:03d}_{path.stem}", image, amap, score)

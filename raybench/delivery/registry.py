@@ -34,36 +34,71 @@ def registry_client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _images(model_input) -> list:
-    """pyfunc input -> a list Detector.predict takes: a DataFrame (column `image`, else the first)
-    or a list of encoded bytes / paths / arrays, or one image array (H, W[, C]) or a stack (N, H, W, C)."""
+def _items(model_input) -> list:
+    """pyfunc input -> a list of single inputs: a DataFrame (column `image`, else the first), a
+    list of encoded bytes / paths / arrays, one image array (H, W[, C]) or a stack (N, H, W, C)."""
     import pandas as pd
-
-    from raybench.data.io import decode_image
     if isinstance(model_input, pd.DataFrame):
         column = "image" if "image" in model_input.columns else model_input.columns[0]
-        model_input = list(model_input[column])
-    elif isinstance(model_input, np.ndarray) and model_input.dtype != object:
+        return list(model_input[column])
+    if isinstance(model_input, np.ndarray) and model_input.dtype != object:
         return [model_input] if model_input.ndim <= 3 else list(model_input)
-    elif isinstance(model_input, (bytes, str, Path)):
-        model_input = [model_input]
-    return [decode_image(bytes(x)) if isinstance(x, (bytes, bytearray, memoryview)) else x for x in model_input]
+    if isinstance(model_input, (bytes, bytearray, memoryview, str, Path)):
+        return [model_input]
+    return list(model_input)
+
+
+def _image(item):
+    """One input -> what Detector.predict takes; ValueError (ImageInputError, DatasetError) names
+    what cannot be scored: undecodable bytes, an unreadable path, pixels that are not finite."""
+    from raybench.data.io import decode_image, read_image
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(item))
+    if isinstance(item, (str, Path)):
+        return read_image(item)
+    arr = np.asarray(item)
+    if arr.dtype == object or arr.ndim not in (2, 3) or min(arr.shape[:2]) < 2:
+        raise ValueError(f"not an image: an array of shape {arr.shape}, dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ValueError(f"{arr.size - int(np.isfinite(arr).sum())} pixel value(s) are not finite (inf or NaN)")
+    return item
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
-    """predict(images) -> DataFrame: score, verdict (anomalous | normal; None without a
-    threshold), threshold. `self.detector` is the raybench Detector (maps, calibrate, ...)."""
+    """predict(images) -> DataFrame, one row per input: score, verdict (anomalous | normal; None
+    without a threshold; `error` when it could not be scored), threshold, error (why, else None).
+    `self.detector` is the raybench Detector (maps, calibrate, ...)."""
 
     def load_context(self, context):
         from raybench.detector import Detector
         self.detector = Detector.load(context.artifacts["detector"])
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow would coerce the input
+        """An input that cannot be scored (not a usable image, pixels or a score that are not
+        finite) gets score NaN, verdict `error` and its reason, never `normal`; the rest are scored
+        as they would be alone."""
         import pandas as pd
-        scores, _ = self.detector.predict(_images(model_input))
-        verdicts = [self.detector.verdict(s) for s in scores]
-        return pd.DataFrame({"score": scores.astype(float), "verdict": verdicts,
-                             "threshold": self.detector.image_threshold})
+
+        from raybench.errors import RaybenchError
+        items = _items(model_input)
+        images, errors = [], []
+        for item in items:
+            try:
+                images.append(_image(item))
+                errors.append(None)
+            except (RaybenchError, ValueError, OSError) as err:
+                images.append(None)
+                errors.append(str(err))
+        ok = [i for i, image in enumerate(images) if image is not None]
+        scores = np.full(len(items), np.nan)
+        if ok:
+            scores[ok] = self.detector.predict([images[i] for i in ok])[0]
+        for i, score in enumerate(scores):
+            if errors[i] is None and not np.isfinite(score):
+                errors[i] = f"the model's score is {score}, not a number a verdict can be given on"
+        verdicts = ["error" if error else self.detector.verdict(score) for score, error in zip(scores, errors)]
+        return pd.DataFrame({"score": scores, "verdict": verdicts, "threshold": self.detector.image_threshold,
+                             "error": errors})
 
 
 @dataclass
@@ -166,9 +201,21 @@ def load_model(dataset: str, category: str, uri: str | None = None, alias: str =
     except MlflowException:
         raise LookupError(f"no registered model {name}@{alias} in {uri} (run `raybench register {dataset}` "
                           f"after a sweep)") from None
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=uri,
-                                                dst_path=tempfile.mkdtemp(prefix="raybench-model-"))
-    return mlflow.pyfunc.load_model(local), version
+    # read into memory, then the download is removed (each load left ~12 MB in the temp folder)
+    with tempfile.TemporaryDirectory(prefix="raybench-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=uri, dst_path=tmp)
+        model = mlflow.pyfunc.load_model(local)
+    return model, version
+
+
+def is_registered(dataset: str, category: str, uri: str | None = None, alias: str = ALIAS) -> bool:
+    """Whether `raybench-<dataset>-<category>@alias` exists: one registry query, nothing loaded."""
+    from mlflow.exceptions import MlflowException
+    try:
+        registry_client(uri).get_model_version_by_alias(model_name(dataset, category), alias)
+    except MlflowException:
+        return False
+    return True
 
 
 def load_detector(dataset: str, category: str, uri: str | None = None, alias: str = ALIAS, device=None):

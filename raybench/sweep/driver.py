@@ -23,7 +23,7 @@ from raybench import tracking
 from raybench.data import load_dataset, validate_category
 from raybench.errors import ConfigError, SweepInterrupted
 from raybench.evaluation.splits import Split, check_few_shot_pool, make_split
-from raybench.local_ray import start_local_ray
+from raybench.local_ray import init_ray, start_local_ray
 from raybench.methods import get_method
 from raybench.models.weights import describe as describe_weights
 from raybench.sweep.category_search import METRIC, MODE, PerCategorySearch
@@ -158,7 +158,7 @@ def _start_ray(spec: SweepSpec, log) -> None:
         return
     init = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
     if spec.address:
-        ray.init(address=spec.address, **init)
+        init_ray(address=spec.address, **init)  # ray.init, the process's SIGTERM handler kept
     else:  # private to this machine: loopback, token auth, never a stranger's cluster
         start_local_ray(log, **init)
 

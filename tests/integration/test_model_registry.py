@@ -60,7 +60,7 @@ def test_registered_model_predicts_scores_and_verdicts(tracking_uri, monkeypatch
     finally:
         mlflow.set_tracking_uri(None)
     out = model.predict(images)
-    assert list(out.columns) == ["score", "verdict", "threshold"]
+    assert list(out.columns) == ["score", "verdict", "threshold", "error"] and out["error"].isna().all()
     assert np.allclose(out["score"], expected, rtol=1e-5, atol=1e-6)
     assert list(out["verdict"]) == ["anomalous" if s >= 1.0 else "normal" for s in expected]
     from_bytes = model.predict([png_bytes(a) for a in images])  # encoded files work too
