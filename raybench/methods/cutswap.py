@@ -27,16 +27,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
 from raybench.config import ranged
 from raybench.data.layout import Category
-from raybench.data.tensors import load_images
+from raybench.data.tensors import iterate_batches, load_images
 from raybench.methods.base import FitResult, MethodSpec, Parallel, register
 from raybench.methods.patchcore import PatchCoreConfig, build as build_patchcore, fit_memory_bank
+from raybench.methods.selection import BestEpoch, ValidationPool
 from raybench.models.backbones import FeatureExtractor
 from raybench.models.classifier import PatchClassifier, transfer_trunk
 from raybench.models.common import cudnn_determinism, set_seed, synchronize
@@ -67,8 +68,41 @@ class SelfSupervisedConfig(PatchCoreConfig):
     scar_length_min: int = ranged(10, 1)
     scar_length_max: int = ranged(25, 1)
     scar_angle: float = ranged(45.0, 0, 180)  # degrees, both ways
+    # fine-tuning recipe (see RECIPES and the README's method notes): `paper` = CutPaste's / CutSwap's
+    # literal recipe; `preserve` keeps what the pretrained trunk knows. The three fields below are
+    # None = the recipe's value; a value set there overrides the recipe for that one aspect.
+    recipe: Literal["preserve", "paper"] = "preserve"
+    bn_stats: Optional[str] = None  # frozen | train: the trunk's BatchNorm running statistics
+    warmup_epochs: Optional[int] = ranged(None, 0)  # head-only epochs on the frozen trunk (part of `epochs`)
+    trunk_lr_scale: Optional[float] = ranged(None, 0)  # trunk lr = lr x this (head: lr)
+    # validation-chosen epochs: the trunk of the best-validating epoch (0 = the untuned trunk) is
+    # the one PatchCore uses; needs a validation pool with good and defective images (`category.test`)
+    keep_best_epoch: bool = True
+    validate_every: int = ranged(1, 1)  # validate after every n-th epoch (and the last)
     amp: bool = True  # bf16 autocast + channels_last on CUDA (ignored on CPU)
     deterministic: bool = True  # deterministic cuDNN kernels during fit
+
+
+# What each recipe means for the fields left at None (measured in the README: "Fine-tuning recipe").
+RECIPES = {
+    "paper": {"bn_stats": "train", "warmup_epochs": 0, "trunk_lr_scale": 1.0},
+    "preserve": {"bn_stats": "frozen", "warmup_epochs": 1, "trunk_lr_scale": 0.1},
+}
+BN_STATS = ("frozen", "train")
+
+
+def resolve_recipe(config: SelfSupervisedConfig) -> dict:
+    """The recipe's values with the config's explicit (non-None) fields on top."""
+    if config.recipe not in RECIPES:
+        raise ValueError(f"recipe {config.recipe!r}: choose one of {sorted(RECIPES)}")
+    out = dict(RECIPES[config.recipe])
+    for name in out:
+        value = getattr(config, name)
+        if value is not None:
+            out[name] = value
+    if out["bn_stats"] not in BN_STATS:
+        raise ValueError(f"bn_stats {out['bn_stats']!r}: choose one of {list(BN_STATS)}")
+    return out
 
 
 @dataclass
@@ -86,7 +120,7 @@ class CutSwapConfig(SelfSupervisedConfig):
     maps_per_image: int = ranged(1, 1)
     k: int = ranged(4, 1)
     kmeans_iters: int = ranged(30, 1)
-    cluster_select: Literal["max", "random"] = "max"
+    cluster_select: Literal["max", "min", "random"] = "max"  # paper: max; Tab. VI ablations: min, random
     anchor_strategy: Literal["kmeans", "sorting"] = "kmeans"
     top_pixels: int = ranged(300, 1)  # 'sorting' ablation: the paper's top 300 pixels at 256 px
     patch_area_min: float = ranged(0.02, 0, 1, low_open=True, high_open=True)
@@ -94,11 +128,32 @@ class CutSwapConfig(SelfSupervisedConfig):
     saliency_batch_size: int = ranged(16, 1)
 
 
+# `--budget paper`: every value the papers state (CutSwap's implementation details, and CutPaste's
+# recipe, which CutSwap adopts; PatchCore's scoring stage), fixed and taken out of the search.
+# What their text lost stays searchable (README: "Values the papers leave open").
+_PATCHCORE_PAPER = {"backbone": "resnet18", "weights": "imagenet", "image_size": 256,
+                    "layers": ["layer2", "layer3"], "patch_size": 3, "sigma": 4.0, "coreset_ratio": 0.01}
+_CUTPASTE_RECIPE = {"epochs": 256, "lr": 0.03, "momentum": 0.9, "weight_decay": 3e-5, "batch_images": 32,
+                    "scar_width_min": 2, "scar_width_max": 16, "scar_length_min": 10, "scar_length_max": 25,
+                    "scar_angle": 45.0, "recipe": "paper", "bn_stats": None, "warmup_epochs": None,
+                    "trunk_lr_scale": None, "keep_best_epoch": False}
+CUTPASTE_PAPER = {**_PATCHCORE_PAPER, **_CUTPASTE_RECIPE,
+                  "patch_area_min": 0.02, "patch_area_max": 0.15, "patch_aspect_max": 3.3}
+# "(30, 5, 4, 512)": LayerCAM up to VGG16 layer 30, L = 5 maps (layers 4, 9, 16, 23, 30), k = 4,
+# d = 512 (ResNet18); "five positive-negative pairs per image"; the max-saliency k-means cluster
+CUTSWAP_PAPER = {**_PATCHCORE_PAPER, **_CUTPASTE_RECIPE,
+                 "saliency_net": "vgg16", "saliency_weights": "imagenet", "layer_set": [0, 1, 2, 3, 4],
+                 "maps_per_image": 5, "k": 4, "cluster_select": "max", "anchor_strategy": "kmeans"}
+# the papers report PatchCore at two coreset ratios: either is the paper's setting
+PAPER_ALTERNATIVES = {"coreset_ratio": (0.01, 0.001)}
+
+_SMOKE = {"image_size": 64, "epochs": 2, "batch_images": 16, "coreset_ratio": 0.05}
 BUDGETS = {
-    "smoke": {"image_size": 64, "epochs": 2, "batch_images": 16, "coreset_ratio": 0.05},
+    "smoke": _SMOKE,
     "default": {"epochs": 32},
-    "paper": {"epochs": 256, "coreset_ratio": 0.01},
+    "paper": CUTSWAP_PAPER,
 }
+CUTPASTE_BUDGETS = {**BUDGETS, "paper": CUTPASTE_PAPER}
 
 
 def build(config: SelfSupervisedConfig) -> PatchCore:
@@ -178,7 +233,7 @@ class CutSwapSynthesis:
         if not 1 <= config.maps_per_image <= len(config.layer_set):
             raise ValueError(f"maps_per_image={config.maps_per_image} must lie in 1..L={len(config.layer_set)}")
         if config.anchor_strategy == "sorting" and config.cluster_select != "max":
-            raise ValueError("cluster_select='random' needs anchor_strategy='kmeans'")
+            raise ValueError(f"cluster_select={config.cluster_select!r} needs anchor_strategy='kmeans'")
         self.config = config
         start = time.perf_counter()
         extractor = build_saliency(config).to(device)
@@ -211,14 +266,41 @@ class CutSwapSynthesis:
                 "second_anchor_outside_cluster_fraction": float(self.outside) / max(1, int(self.drawn))}
 
 
+def _param_groups(model: PatchClassifier, config: SelfSupervisedConfig, trunk_lr_scale: float) -> list[dict]:
+    return [{"params": list(model.head.parameters()), "lr": config.lr, "name": "head"},
+            {"params": list(model.trunk.parameters()), "lr": config.lr * trunk_lr_scale, "name": "trunk"}]
+
+
+def _validation_pool(config: SelfSupervisedConfig, category: Category) -> ValidationPool | None:
+    if not config.keep_best_epoch:
+        return None
+    pool = ValidationPool.from_category(category, config.image_size, config.batch_size)
+    if not pool.usable:
+        raise ValueError(f"keep_best_epoch needs validation images, good and defective, as the category's test "
+                         f"pool ({category.name} offers {len(pool.samples)}; with --val-mode synthetic a method "
+                         f"sees none): set keep_best_epoch=false")
+    return pool
+
+
+def _validate(model: PatchClassifier, images, config, pool: ValidationPool, device) -> dict:
+    """PatchCore on the trunk as it is now (memory bank from the in-memory training images)."""
+    scorer = PatchCore(_extractor_from(model.trunk, config, device), config.image_size, config.patch_size,
+                       config.sigma)
+    scorer.fit(iterate_batches(images, config.batch_size, device), config.coreset_ratio, config.projection_dim,
+               config.seed)
+    return pool.score(scorer, device)
+
+
 def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device, on_epoch,
          synthesis_cls) -> FitResult:
     device = torch.device(device)
     set_seed(config.seed)
-    if config.epochs < 1 or config.batch_images < 1:
-        raise ValueError("epochs and batch_images must be >= 1")
+    if config.epochs < 0 or config.batch_images < 1:
+        raise ValueError("epochs must be >= 0 and batch_images >= 1")
+    recipe = resolve_recipe(config)
     cuda = device.type == "cuda"
     use_amp = cuda and config.amp
+    pool = _validation_pool(config, category)
     with cudnn_determinism(cuda and config.deterministic):
         images = load_images(category.train, config.image_size).to(device)
         synthesis = synthesis_cls(config, images, device)
@@ -227,8 +309,6 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
         model = PatchClassifier(config.backbone, config.weights, config.head_dims).to(device)
         if use_amp:
             model = model.to(memory_format=torch.channels_last)
-        model.train()
-        trained = Parallel.wrap(model, device)
         world, rank = Parallel.world_size(), Parallel.rank()
         per_rank = max(1, math.ceil(config.batch_images / world))
         n = len(images)
@@ -238,14 +318,28 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
         if per_epoch == 0:
             raise ValueError(f"{n} training images cannot be shared by {world} ranks")
         steps_per_epoch = math.ceil(per_epoch // world / per_rank)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+        # one optimizer, two groups: the head at lr, the trunk at lr x trunk_lr_scale; during the
+        # warm-up the trunk gets no gradients, so SGD leaves it (and its momentum) untouched
+        optimizer = torch.optim.SGD(_param_groups(model, config, recipe["trunk_lr_scale"]), lr=config.lr,
+                                    momentum=config.momentum, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps_per_epoch))
         order_gen = torch.Generator().manual_seed(config.seed)  # identical on every rank
         synth_gen = torch.Generator(device=device).manual_seed(config.seed * 1000 + 1 + rank)
+        warmup = min(recipe["warmup_epochs"], config.epochs)
+        head_only = Parallel.wrap(model.head, device) if warmup else None
+        full = None  # wrapped when the trunk starts training (DDP registers what has gradients then)
+
+        best = BestEpoch()
+        if pool is not None:  # epoch 0: the untuned trunk is a candidate too
+            best.offer(0, _validate(model, images, config, pool, device), model.trunk.state_dict())
 
         history, start, samples = [], time.perf_counter(), 0
         for epoch in range(config.epochs):
+            warming = epoch < warmup
+            model.set_training("frozen" if warming else "train", recipe["bn_stats"])
+            model.trunk.requires_grad_(not warming)
+            if not warming and full is None:
+                full = Parallel.wrap(model, device)
             # one host-to-device copy per epoch (a pageable copy per step would sync every step)
             mine = Parallel.shard(torch.randperm(n, generator=order_gen)[:per_epoch]).to(device)
             loss_sum = torch.zeros((), device=device)
@@ -261,7 +355,12 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
                 if use_amp:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = trained(inputs)
+                    if warming:
+                        with torch.no_grad():
+                            features = model.features(inputs)
+                        logits = head_only(features)
+                    else:
+                        logits = full(inputs)
                     loss = F.cross_entropy(logits.float(), labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -272,11 +371,18 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
                 correct += (logits.detach().argmax(dim=1) == labels).sum()
                 seen += len(labels)
             samples += seen
-            history.append({"epoch": epoch, "loss": float(loss_sum) / max(seen, 1),
-                            "accuracy": float(correct) / max(seen, 1)})
+            row = {"epoch": epoch, "loss": float(loss_sum) / max(seen, 1),
+                   "accuracy": float(correct) / max(seen, 1), "trunk_trained": not warming}
+            done = epoch + 1
+            # a warm-up epoch leaves the trunk as it was: nothing new to validate
+            if pool is not None and not warming and (done % config.validate_every == 0 or done == config.epochs):
+                metrics = _validate(model, images, config, pool, device)
+                best.offer(done, metrics, model.trunk.state_dict())
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+            history.append(row)
             if on_epoch is not None:
                 on_epoch(epoch, EpochScorer(_extractor_from(model.trunk, config, device), config, category, device))
-                model.train()
+        model.eval()
         if Parallel.active():
             # BatchNorm running statistics drift apart per rank after the last step (DDP only syncs
             # them at the start of each forward): take rank 0's so every rank scores identically
@@ -284,6 +390,8 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
                 torch.distributed.broadcast(buffer, src=0)
         synchronize(device)
         train_seconds = time.perf_counter() - start
+        if pool is not None:
+            model.trunk.load_state_dict(best.state)
         del images
 
         scorer = PatchCore(_extractor_from(model.trunk, config, device), config.image_size,
@@ -295,9 +403,13 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
             "train_samples_per_second": samples / max(train_seconds, 1e-9),
             "memory_bank_seconds": time.perf_counter() - bank_start,
             "steps": config.epochs * steps_per_epoch,
-            "final_loss": history[-1]["loss"],
-            "final_train_accuracy": history[-1]["accuracy"],
+            "final_loss": history[-1]["loss"] if history else float("nan"),
+            "final_train_accuracy": history[-1]["accuracy"] if history else float("nan"),
             "history": history,
+            "recipe": {"name": config.recipe, **recipe},
+            # the epoch whose trunk PatchCore uses: chosen on the validation pool, or the last one
+            "chosen_epoch": best.epoch if pool is not None else config.epochs,
+            "validation_curve": best.curve,
             **synthesis.summary(),
         })
     return FitResult(scorer, [], info)
@@ -313,10 +425,11 @@ def fit_cutpaste(config: CutPasteConfig, category: Category, device, on_epoch=No
 
 CUTSWAP = register(MethodSpec(
     name="cutswap", config_cls=CutSwapConfig, fit=fit_cutswap, build=build, budgets=BUDGETS, trained=True,
-    preflight=preflight_cutswap,
+    preflight=preflight_cutswap, paper_alternatives=PAPER_ALTERNATIVES,
     description="`backbone` (ResNet18) fine-tuned on saliency-guided patch swaps (LayerCAM + k-means), then PatchCore",
 ))
 CUTPASTE = register(MethodSpec(
-    name="cutpaste", config_cls=CutPasteConfig, fit=fit_cutpaste, build=build, budgets=BUDGETS, trained=True,
+    name="cutpaste", config_cls=CutPasteConfig, fit=fit_cutpaste, build=build, budgets=CUTPASTE_BUDGETS,
+    trained=True, paper_alternatives=PAPER_ALTERNATIVES,
     description="`backbone` (ResNet18) fine-tuned on CutPaste 3-way (normal / cutpaste / scar), then PatchCore",
 ))
