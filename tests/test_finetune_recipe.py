@@ -118,11 +118,12 @@ def test_keep_best_epoch_returns_the_trunk_of_the_best_validation_epoch(category
         assert_trunk_equals(result.scorer.extractor, initial_trunk(config))
 
 
-def test_keep_best_epoch_needs_a_validation_pool_with_both_kinds(category):
+def test_keep_best_epoch_without_a_usable_pool_keeps_the_last_epoch_and_says_so(category):
     only_good = dataclasses.replace(category, test=[s for s in category.test if s.label == 0])
-    spec, config = config_for("cutpaste", keep_best_epoch=True)
-    with pytest.raises(ValueError, match="keep_best_epoch"):
-        spec.fit(config, only_good, CPU)
+    spec, config = config_for("cutpaste", keep_best_epoch=True, epochs=2)
+    info = spec.fit(config, only_good, CPU).info
+    assert info["chosen_epoch"] == 2 and info["validation_curve"] == []
+    assert "no validation pool" in info["epoch_choice"]
 
 
 def test_best_epoch_selection_by_image_then_pixel_auroc_hand_values():

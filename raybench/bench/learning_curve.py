@@ -41,7 +41,8 @@ from raybench.methods import get_method
 from raybench.metrics import image_auroc, pixel_auroc
 from raybench.models.backbones import FeatureExtractor
 from raybench.models.common import pick_device, set_seed
-from raybench.models.patchcore import PatchCore, greedy_coreset
+from raybench.models.common import gaussian_blur, upsample_maps
+from raybench.models.patchcore import PatchCore, greedy_coreset, nearest_distances
 from raybench.models.weights import describe as describe_weights
 
 
@@ -59,20 +60,20 @@ def embed_all(model: PatchCore, images: torch.Tensor, batch_size: int, device) -
 
 @torch.no_grad()
 def score_ratios(extractor, config, train, test, labels, masks, ratios, device) -> tuple[dict, torch.Tensor]:
-    """{ratio: {image_auroc, pixel_auroc, scores}} for one trunk; also the train embeddings."""
+    """{ratio: {image_auroc, pixel_auroc, scores}} for one trunk; also the train embeddings.
+    Train and test are embedded once; each ratio draws its coreset and scores as PatchCore.forward
+    does (nearest bank distance per patch, image score = max, maps upsampled and smoothed)."""
     model = PatchCore(extractor, config.image_size, config.patch_size, config.sigma).to(device)
     train_emb = embed_all(model, train, config.batch_size, device)
+    test_emb = embed_all(model, test, config.batch_size, device)
     flat = train_emb.flatten(0, 2)
+    n, h, w, d = test_emb.shape
     out = {}
     for ratio in ratios:
         picks = greedy_coreset(flat, max(1, int(round(ratio * flat.shape[0]))), config.projection_dim, config.seed)
-        model.memory_bank = flat[picks].contiguous()
-        scores, maps = [], []
-        for batch in iterate_batches(test, config.batch_size, device):
-            s, m = model(batch)
-            scores.append(s.cpu())
-            maps.append(m.cpu())
-        scores, maps = torch.cat(scores).numpy(), torch.cat(maps).numpy()
+        patch = nearest_distances(test_emb.reshape(-1, d), flat[picks].contiguous()).view(n, h, w)
+        scores = patch.flatten(1).max(dim=1).values.cpu().numpy()
+        maps = gaussian_blur(upsample_maps(patch, config.image_size), config.sigma).cpu().numpy()
         out[ratio] = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
                       "scores": scores.tolist()}
     return out, train_emb
@@ -176,7 +177,10 @@ def plot(summary: list[dict], ratios, title: str, path: str) -> None:
                     ax.errorbar(xs, [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], capsize=3,
                                 color=colours.get(method), ls=styles.get(recipe, ":"), marker="o", ms=3,
                                 label=f"{method} ({recipe})")
-            ax.set_xscale("symlog", linthresh=1)
+            ticks = sorted({e["epochs"] for e in summary})
+            ax.set_xscale("symlog", base=2, linthresh=1)
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([str(t) for t in ticks])
             ax.set_xlabel("fine-tuning epochs")
             ax.set_ylabel(metric.replace("_", " "))
             ax.set_title(f"{title}, coreset {ratio:g}")
@@ -306,6 +310,9 @@ def main(argv=None) -> int:
                         row.update(recipe=recipe, seed=seed)
                         rows.append(row)
                         print(f"seed={seed} {method} {recipe} " + describe_row(row), flush=True)
+                    if args.json:  # so far (a long run cut short keeps its finished rows)
+                        with open(args.json, "w") as fh:
+                            json.dump({"args": vars(args), "category": category.summary(), "rows": rows}, fh)
     # epoch 0 of each method is the untuned trunk: one curve origin for all
     summary = summarise(rows, labels, ratios, args.bootstrap)
     print(f"# {len(rows)} runs in {time.perf_counter() - started:.0f} s")

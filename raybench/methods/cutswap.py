@@ -271,15 +271,17 @@ def _param_groups(model: PatchClassifier, config: SelfSupervisedConfig, trunk_lr
             {"params": list(model.trunk.parameters()), "lr": config.lr * trunk_lr_scale, "name": "trunk"}]
 
 
-def _validation_pool(config: SelfSupervisedConfig, category: Category) -> ValidationPool | None:
+def _validation_pool(config: SelfSupervisedConfig, category: Category) -> tuple[ValidationPool | None, str]:
+    """The pool `keep_best_epoch` validates on, and how the epoch is chosen (recorded in the info).
+    Without good and defective images there (`--val-mode synthetic`: a method sees no validation
+    images) the last epoch is kept, and the info says why."""
     if not config.keep_best_epoch:
-        return None
+        return None, "last epoch (keep_best_epoch off)"
     pool = ValidationPool.from_category(category, config.image_size, config.batch_size)
     if not pool.usable:
-        raise ValueError(f"keep_best_epoch needs validation images, good and defective, as the category's test "
-                         f"pool ({category.name} offers {len(pool.samples)}; with --val-mode synthetic a method "
-                         f"sees none): set keep_best_epoch=false")
-    return pool
+        return None, (f"last epoch: keep_best_epoch found no validation pool with good and defective images "
+                      f"({len(pool.samples)} images; --val-mode synthetic gives a method none)")
+    return pool, f"best validation epoch ({len(pool.samples)} images; image AUROC, then pixel AUROC)"
 
 
 def _validate(model: PatchClassifier, images, config, pool: ValidationPool, device) -> dict:
@@ -300,7 +302,7 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
     recipe = resolve_recipe(config)
     cuda = device.type == "cuda"
     use_amp = cuda and config.amp
-    pool = _validation_pool(config, category)
+    pool, epoch_choice = _validation_pool(config, category)
     with cudnn_determinism(cuda and config.deterministic):
         images = load_images(category.train, config.image_size).to(device)
         synthesis = synthesis_cls(config, images, device)
@@ -409,6 +411,7 @@ def _fit(config: SelfSupervisedConfig, category: Category, device: torch.device,
             "recipe": {"name": config.recipe, **recipe},
             # the epoch whose trunk PatchCore uses: chosen on the validation pool, or the last one
             "chosen_epoch": best.epoch if pool is not None else config.epochs,
+            "epoch_choice": epoch_choice,
             "validation_curve": best.curve,
             **synthesis.summary(),
         })

@@ -388,5 +388,5 @@ register(MethodSpec(
     budgets={"smoke": {k: v for k, v in _SMOKE.items() if k != "epochs2"}, "default": {"epochs1": 50},
              "paper": RD_PAPER},
     description="reverse distillation (Deng & Li 2022): the Siamese U-Net without CPAM, contrastive or deviation stages",
-    trained=True,
+    trained=True, variant=variant,
 ))
