@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import numpy as np
@@ -111,7 +110,8 @@ def bootstrap_interval(labels: np.ndarray, score_sets: list[np.ndarray], n: int,
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
 
 
 def summarise(rows: list[dict], labels: np.ndarray, ratios, bootstrap: int) -> list[dict]:
@@ -132,8 +132,51 @@ def summarise(rows: list[dict], labels: np.ndarray, ratios, bootstrap: int) -> l
                 entry["bn_restored_pixel_auroc"] = mean_std([m["bn_restored"][key]["pixel_auroc"] for m in members])
             if members[0].get("drift") is not None:
                 entry["drift"] = mean_std([m["drift"] for m in members])
+            if "chosen_epoch" in members[0]["results"][key]:
+                entry["chosen_epochs"] = [m["results"][key]["chosen_epoch"] for m in members]
             out.append(entry)
     return out
+
+
+def validation_chosen(rows: list[dict], labels: np.ndarray, ratios, val_share: float,
+                      seed: int = 0) -> tuple[list[dict], np.ndarray]:
+    """What `keep_best_epoch` would have done, from the stored per-image scores: split the test images
+    (stratified, seeded) into a validation part and a held-out part; for each run and epoch budget E
+    pick, among the trunks after 0..E epochs, the one with the best validation image AUROC (the
+    earlier on a tie) and report its held-out image AUROC, beside the untuned trunk's on the same part.
+    Returns rows like `summarise`'s input with recipe '<recipe>+best' (image AUROC only)."""
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(labels), bool)
+    for label in (0, 1):
+        idx = np.flatnonzero(labels == label)
+        val[rng.choice(idx, int(round(val_share * len(idx))), replace=False)] = True
+    held = ~val
+    out = []
+    base = {r["seed"]: r for r in rows if r["method"] == "patchcore"}
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] != "patchcore":
+            runs.setdefault((r["method"], r["recipe"], r["seed"]), []).append(r)
+    for (method, recipe, seed), members in runs.items():
+        members = sorted(members, key=lambda r: r["epochs"])
+        for budget in [m["epochs"] for m in members]:
+            results = {}
+            for ratio in ratios:
+                key = str(ratio)
+                candidates = [(0, np.array(base[seed]["results"][key]["scores"]))] + [
+                    (m["epochs"], np.array(m["results"][key]["scores"])) for m in members if m["epochs"] <= budget]
+                scored = [(image_auroc(labels[val], s[val]), -e, e, s) for e, s in candidates]
+                _, _, chosen, scores = max(scored, key=lambda t: (t[0], t[1]))
+                results[key] = {"image_auroc": image_auroc(labels[held], scores[held]), "pixel_auroc": float("nan"),
+                                "scores": scores[held].tolist(), "chosen_epoch": chosen}
+            out.append({"method": method, "recipe": f"{recipe}+best", "epochs": budget, "seed": seed,
+                        "results": results})
+    for seed, r in base.items():
+        out.append({"method": "patchcore", "recipe": "-", "epochs": 0, "seed": seed, "held_out": True,
+                    "results": {str(q): {"image_auroc": image_auroc(labels[held], np.array(v["scores"])[held]),
+                                         "pixel_auroc": float("nan"), "scores": np.array(v["scores"])[held].tolist()}
+                                for q, v in r["results"].items()}})
+    return out, held
 
 
 def format_summary(summary: list[dict]) -> str:
@@ -144,23 +187,26 @@ def format_summary(summary: list[dict]) -> str:
         bn = (f"{e['bn_restored_image_auroc'][0]:.3f} / {e['bn_restored_pixel_auroc'][0]:.3f}"
               if "bn_restored_image_auroc" in e else "")
         dr = f"{e['drift'][0]:.3f}" if "drift" in e else ""
+        if "chosen_epochs" in e:
+            dr = "chosen " + ",".join(str(c) for c in e["chosen_epochs"])
+        pix = "-" if e["pixel_auroc"][0] != e["pixel_auroc"][0] else f"{e['pixel_auroc'][0]:.3f} ± {e['pixel_auroc'][1]:.3f}"
         lines.append(f"| {e['method']} | {e['recipe']} | {e['epochs']} | {e['coreset_ratio']:g} | "
                      f"{e['image_auroc'][0]:.3f} ± {e['image_auroc'][1]:.3f} | "
                      f"{'' if ci is None else f'{ci[0]:.3f}-{ci[1]:.3f}'} | "
-                     f"{e['pixel_auroc'][0]:.3f} ± {e['pixel_auroc'][1]:.3f} | {dr} | {bn} |")
+                     f"{pix} | {dr} | {bn} |")
     return "\n".join(lines)
 
 
-def plot(summary: list[dict], ratios, title: str, path: str) -> None:
+def plot(summary: list[dict], ratios, title: str, path: str, metrics=("image_auroc", "pixel_auroc")) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, len(ratios), figsize=(5 * len(ratios), 7), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), len(ratios), figsize=(5 * len(ratios), 3.5 * len(metrics)), squeeze=False)
     colours = {"cutpaste": "tab:orange", "cutswap": "tab:blue"}
     styles = {"preserve": "-", "paper": "--"}
     base = {r: next(e for e in summary if e["epochs"] == 0 and e["coreset_ratio"] == r) for r in ratios}
     for col, ratio in enumerate(ratios):
-        for row, metric in enumerate(("image_auroc", "pixel_auroc")):
+        for row, metric in enumerate(metrics):
             ax = axes[row][col]
             b = base[ratio][metric]
             ax.axhspan(b[0] - b[1], b[0] + b[1], color="grey", alpha=0.2)
@@ -239,9 +285,9 @@ def describe_row(row: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", required=True)
+    p.add_argument("--data-root")
     p.add_argument("--dataset", default="folder")
-    p.add_argument("--category", required=True)
+    p.add_argument("--category")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--weights", default="imagenet")
@@ -263,11 +309,19 @@ def main(argv=None) -> int:
     p.add_argument("--bn-diagnostic", action="store_true",
                    help="also score the paper recipe's trunks with the pretrained BatchNorm statistics put back")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the image AUROC interval (0: none)")
+    p.add_argument("--val-share", type=float, default=0.5,
+                   help="also report the epoch keep_best_epoch would choose: on this share of the test images, "
+                        "scored on the rest (0: off)")
+    p.add_argument("--from-json", default=None, help="re-summarise this run's JSON (no fitting)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--figure", default=None)
     args = p.parse_args(argv)
     from raybench.cli import parse_set
+    if args.from_json:
+        return main_from_json(args.from_json, args)
+    if not args.data_root or not args.category:
+        p.error("--data-root and --category are required (unless --from-json)")
 
     device = pick_device(args.device)
     (full,) = load_dataset(args.dataset, args.data_root, [args.category])
@@ -313,16 +367,49 @@ def main(argv=None) -> int:
                     if args.json:  # so far (a long run cut short keeps its finished rows)
                         with open(args.json, "w") as fh:
                             json.dump({"args": vars(args), "category": category.summary(), "rows": rows}, fh)
-    # epoch 0 of each method is the untuned trunk: one curve origin for all
+    report(rows, labels, ratios, args, category.summary(), time.perf_counter() - started)
+    return 0
+
+
+def report(rows, labels, ratios, args, described: str, seconds: float | None = None) -> None:
+    """Tables (mean ± std over seeds, bootstrap interval), the JSON and the figures."""
     summary = summarise(rows, labels, ratios, args.bootstrap)
-    print(f"# {len(rows)} runs in {time.perf_counter() - started:.0f} s")
+    if seconds is not None:
+        print(f"# {len(rows)} runs in {seconds:.0f} s")
     print(format_summary(summary))
+    chosen_summary = []
+    if args.val_share > 0:
+        chosen, held = validation_chosen(rows, labels, ratios, args.val_share)
+        chosen_summary = summarise(chosen, labels[held], ratios, args.bootstrap)
+        print(f"# epoch chosen on a validation part ({args.val_share:g} of the test images, stratified) among "
+              f"0..E, as keep_best_epoch does; image AUROC on the other {int(held.sum())} images")
+        print(format_summary(chosen_summary))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "category": category.summary(), "rows": rows, "summary": summary}, fh)
+            json.dump({"args": vars(args), "category": described, "rows": rows, "summary": summary,
+                       "validation_chosen": chosen_summary}, fh)
     if args.figure:
         plot(summary, ratios, args.category, args.figure)
         print(f"# figure: {args.figure}")
+        if chosen_summary:
+            stem = args.figure.rsplit(".", 1)
+            path = f"{stem[0]}_chosen.{stem[1] if len(stem) > 1 else 'png'}"
+            plot(chosen_summary, ratios, f"{args.category} (epoch chosen on validation)", path, ("image_auroc",))
+            print(f"# figure: {path}")
+
+
+def main_from_json(path: str, args) -> int:
+    """Re-summarise a finished (or cut-short) run's JSON without fitting anything again."""
+    with open(path) as fh:
+        doc = json.load(fh)
+    rows = doc["rows"]
+    saved = doc["args"]
+    ratios = saved["coreset_ratios"]
+    (full,) = load_dataset(saved["dataset"], saved["data_root"], [saved["category"]])
+    category = subset(full, saved["train_limit"], saved["test_limit"])
+    labels = np.array([s.label for s in category.test])
+    args.category, args.coreset_ratios = saved["category"], ratios
+    report(rows, labels, ratios, args, category.summary())
     return 0
 
 
