@@ -17,7 +17,7 @@ import torch
 
 from raybench.data.layout import Category, Sample
 from raybench.data.tensors import iterate_batches, load_images, load_masks
-from raybench.metrics import image_auroc, pixel_auroc
+from raybench.evaluation.metrics import image_auroc, pixel_auroc
 
 
 class ValidationPool:

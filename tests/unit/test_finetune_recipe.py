@@ -12,7 +12,7 @@ import torch
 from raybench.config import from_dict
 from raybench.data import load_dataset
 from raybench.methods import get_method
-from raybench.methods.cutswap import RECIPES, resolve_recipe
+from raybench.methods.finetune import RECIPES, resolve_recipe
 from raybench.methods.selection import BestEpoch, ValidationPool, selection_key
 from raybench.models.classifier import PatchClassifier
 from raybench.synthesis.cutswap import SaliencyAnchors, select_intervals

@@ -9,9 +9,8 @@ import pytest
 from raybench.config import from_dict
 from raybench.methods import get_method
 from raybench.methods.base import paper_deviations
-from raybench.search_space import load_search_space
-from raybench.sweep import SweepSpec, bound_by_budget, resolve_base_config
-from raybench.trial import build_config
+from raybench.sweep.plan import SweepSpec, bound_by_budget, build_config, resolve_base_config
+from raybench.sweep.search_space import load_search_space
 
 PATCHCORE = {"backbone": "resnet18", "weights": "imagenet", "image_size": 256, "layers": ["layer2", "layer3"],
              "patch_size": 3, "sigma": 4.0, "coreset_ratio": 0.01}
