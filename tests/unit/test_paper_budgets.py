@@ -84,3 +84,15 @@ def test_paper_deviations_name_what_departs_and_accept_the_papers_alternatives()
     assert paper_deviations(siamese, from_dict(siamese.config_cls, {**paper, "n_anomalies": 5})) == {"n_anomalies": 5}
     assert paper_deviations(siamese, from_dict(siamese.config_cls, {**paper, "n_normal_shots": 8})) == {
         "n_normal_shots": 8}
+
+
+def test_a_paper_run_records_whether_it_is_the_papers_setting():
+    from raybench.sweep.plan import paper_setting_tags
+    spec = get_method("cutswap")
+    paper = from_dict(spec.config_cls, spec.budgets["paper"])
+    assert paper_setting_tags("cutswap", "paper", paper) == {"paper_setting": "yes"}
+    offline = from_dict(spec.config_cls, {**spec.budgets["paper"], "backbone": "tf_efficientnet_lite0",
+                                          "saliency_net": "tf_efficientnet_lite0"})
+    assert paper_setting_tags("cutswap", "paper", offline) == {
+        "paper_setting": "no", "paper_deviations": "backbone=tf_efficientnet_lite0, saliency_net=tf_efficientnet_lite0"}
+    assert paper_setting_tags("cutswap", "default", offline) == {}  # only paper runs carry the tag
