@@ -234,7 +234,9 @@ def main(argv=None) -> int:
     results: dict[str, list[dict]] = {}
     base = {"image_size": args.image_size, "coreset_ratio": args.coreset_ratio, "weights": args.weights,
             "backbone": args.backbone, "layers": ["layer2", "layer3"], "batch_size": args.batch_size,
-            "saliency_net": args.saliency_net, "saliency_weights": args.saliency_weights}
+            "saliency_net": args.saliency_net, "saliency_weights": args.saliency_weights,
+            # the whole test split is scored here: choosing the epoch on it would leak
+            "keep_best_epoch": False}
     for seed in args.seeds:
         set_seed(seed)
         pc_fields = field_types(get_method("patchcore").config_cls)

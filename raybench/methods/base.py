@@ -65,6 +65,9 @@ class MethodSpec:
     # (config, the search's distributions) -> the most real anomalous images any trial may draw from
     # `category.test` (few-shot training); the sweep checks the validation pool holds more
     max_real_anomalies: Callable[[object, dict], int] = no_real_anomalies
+    # keys of budgets["paper"] for which a paper states more than one value (e.g. PatchCore at coreset
+    # 0.01 and 0.001, the Siamese U-Net's real and synthetic anomalies): any of them is the paper's setting
+    paper_alternatives: dict = field(default_factory=dict)
 
     def check(self, config) -> list[str]:
         """Build the scorer (and the preflight's extras) once: weights are fetched or read here."""
@@ -72,6 +75,26 @@ class MethodSpec:
             return list(self.preflight(config))
         self.build(config)
         return []
+
+
+def paper_deviations(spec: MethodSpec, config) -> dict:
+    """{field: value} where a run's config departs from what the papers state (budgets["paper"],
+    or one of `paper_alternatives`); empty = the run is the papers' setting."""
+    out = {}
+    for name, value in spec.budgets.get("paper", {}).items():
+        actual = getattr(config, name)
+        allowed = spec.paper_alternatives.get(name, (value,))
+        if not any(_same(actual, a) for a in allowed):
+            out[name] = actual
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
+    return a == b
 
 
 def provenance(config, scorer: nn.Module) -> dict:

@@ -50,7 +50,11 @@ def fit(config: PatchCoreConfig, category: Category, device: torch.device, on_ep
 
 SPEC = register(MethodSpec(
     name="patchcore", config_cls=PatchCoreConfig, fit=fit, build=build,
+    # paper: the CutSwap paper's "ResNet18 + PC" with PatchCore's own settings (layers 2 + 3, 3x3
+    # neighbourhood, sigma 4, 256 px); it reports coreset 0.01 and 0.001, both the paper's setting
     budgets={"smoke": {"image_size": 64, "coreset_ratio": 0.05}, "default": {},
-             "paper": {"coreset_ratio": 0.01}},
+             "paper": {"backbone": "resnet18", "weights": "imagenet", "image_size": 256,
+                       "layers": ["layer2", "layer3"], "patch_size": 3, "sigma": 4.0, "coreset_ratio": 0.01}},
+    paper_alternatives={"coreset_ratio": (0.01, 0.001)},
     description="untuned backbone + PatchCore (memory bank, greedy coreset, nearest neighbour)",
 ))

@@ -29,7 +29,31 @@ class PatchClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, 3, S, S) in [0, 1] -> logits (N, n_classes)."""
-        return self.head(self.trunk(self.normalise(images)))
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, S, S) in [0, 1] -> the trunk's pooled features (N, num_features)."""
+        return self.trunk(self.normalise(images))
+
+    def set_training(self, trunk: str = "train", bn_stats: str = "train") -> None:
+        """Train mode for the head; the trunk per phase.
+
+        trunk: "train" (fine-tuned) or "frozen" (eval mode: a head-only warm-up).
+        bn_stats: "train" re-estimates the trunk's BatchNorm running statistics on the training
+        batches (normal and synthetic negatives together), as a plain `model.train()` does;
+        "frozen" keeps the pretrained statistics (the trunk's BatchNorm layers stay in eval mode:
+        they normalise with the ImageNet statistics and never update them; their affine weights
+        still train). PatchCore later embeds in eval mode, i.e. with whatever statistics are left.
+        """
+        if trunk not in ("train", "frozen") or bn_stats not in ("train", "frozen"):
+            raise ValueError(f"trunk={trunk!r}, bn_stats={bn_stats!r}: each must be 'train' or 'frozen'")
+        self.train()
+        if trunk == "frozen":
+            self.trunk.eval()
+        elif bn_stats == "frozen":
+            for module in self.trunk.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
 
 def transfer_trunk(trunk: nn.Module, extractor: FeatureExtractor) -> None:

@@ -27,7 +27,8 @@ from raybench.local_ray import init_ray, start_local_ray
 from raybench.methods import get_method
 from raybench.models.weights import describe as describe_weights
 from raybench.sweep.category_search import METRIC, MODE, PerCategorySearch
-from raybench.sweep.plan import DATASET_PRESETS, ConfigPlan, SweepSpec, check_spec, new_sweep_id, plan_sweep
+from raybench.sweep.plan import (DATASET_PRESETS, ConfigPlan, SweepSpec, check_spec, new_sweep_id, paper_setting_tags,
+                                 plan_sweep)
 from raybench.sweep.progress import ProgressLine
 from raybench.sweep.run_logger import INTERRUPTED, MLflowTrialLogger, close_interrupted_runs
 from raybench.sweep.search_space import SearchSpace, load_search_space
@@ -119,6 +120,10 @@ def prepare(spec: SweepSpec, log=print) -> Prepared:
         + (" (the demo preset)" if spec.dataset in DATASET_PRESETS and not spec.weights else ""))
     for line in method.check(first_config):  # fetch (or read) weights once: a bad hub or file fails here
         log(line)
+    paper = paper_setting_tags(spec.method, spec.budget, first_config)
+    if paper:
+        said = paper.get("paper_deviations")
+        log(f"budget paper: {'departs from the papers: ' + said if said else 'the papers setting'} (tag paper_setting)")
 
     uri = tracking.tracking_uri(spec.tracking_uri)
     tracking.check_tracking(uri)
@@ -224,8 +229,10 @@ def tune_trials(p: Prepared, log=print):
 
 
 def _run_tags(p: Prepared) -> dict:
+    # the papers' keys are out of the search (bound_by_budget): every trial's config agrees on them
     return {"dataset": p.spec.dataset, "method": p.spec.method, "sweep_id": p.sweep_id, "budget": p.spec.budget,
-            "git_commit": tracking.git_commit(), "raybench": "1"}
+            "git_commit": tracking.git_commit(), "raybench": "1",
+            **paper_setting_tags(p.spec.method, p.spec.budget, p.plan.config())}
 
 
 def finish(p: Prepared, results, total: int, log=print) -> SweepOutcome:

@@ -17,7 +17,7 @@ import yaml
 from raybench.config import field_types, from_dict
 from raybench.errors import ConfigError
 from raybench.evaluation.splits import DEFAULT_VAL_SPLIT
-from raybench.methods.base import BOUNDING_BUDGETS, BUDGETS
+from raybench.methods.base import BOUNDING_BUDGETS, BUDGETS, paper_deviations
 from raybench.methods import get_method
 from raybench.sweep.search_space import SearchSpace
 
@@ -145,6 +145,19 @@ def resolve_base_config(spec: SweepSpec, space: SearchSpace) -> dict:
     base["seed"] = spec.seed
     types = field_types(method.config_cls)
     return {k: v for k, v in base.items() if k in types}
+
+
+def paper_setting_tags(method: str, budget: str, config) -> dict:
+    """What a `--budget paper` run records: `paper_setting` yes (every value the papers state, or
+    one of their alternatives) or no, and `paper_deviations` naming what departs (a `--set` above
+    the budget, e.g. backbone=tf_efficientnet_lite0 where the hub is out of reach). Other budgets: none."""
+    if budget != "paper":
+        return {}
+    departs = paper_deviations(get_method(method), config)
+    tags = {"paper_setting": "no" if departs else "yes"}
+    if departs:
+        tags["paper_deviations"] = ", ".join(f"{k}={v}" for k, v in sorted(departs.items()))
+    return tags
 
 
 def build_config(method: str, base: dict, sampled: dict, overrides: dict):

@@ -34,7 +34,7 @@ from raybench.synthesis.patches import (gather_pixels, rand, sample_int, scaled_
 from raybench.synthesis.saliency import upsample_saliency
 
 ANCHOR_STRATEGIES = ("kmeans", "sorting")
-CLUSTER_SELECTIONS = ("max", "random")
+CLUSTER_SELECTIONS = ("max", "min", "random")  # paper Tab. VI: max (CutSwap), min and random ablations
 MAX_PATCH_AREA = 1.0 / 9.0  # two equal patches must fit next to each other (see module docstring)
 
 
@@ -156,9 +156,14 @@ def select_intervals(anchors: SaliencyAnchors, image_index: torch.Tensor, layer_
     if cluster_select == "max":
         return low[:, -1], high[:, -1]
     if anchors.strategy != "kmeans":
-        raise ValueError("cluster_select='random' needs anchor_strategy='kmeans' (sorting has one set)")
-    weights = (anchors.size[image_index, layer_index] > 0).float()  # any non-empty cluster, uniformly
-    choice = torch.multinomial(weights, 1, generator=gen)
+        raise ValueError(f"cluster_select={cluster_select!r} needs anchor_strategy='kmeans' (sorting has one set)")
+    non_empty = anchors.size[image_index, layer_index] > 0
+    if cluster_select == "min":
+        # the lowest-centroid cluster that holds pixels (k-means keeps an empty cluster's centroid,
+        # so the lowest interval may be empty): argmax returns the first True
+        choice = non_empty.int().argmax(dim=1, keepdim=True)
+    else:
+        choice = torch.multinomial(non_empty.float(), 1, generator=gen)  # any non-empty cluster, uniformly
     return low.gather(1, choice)[:, 0], high.gather(1, choice)[:, 0]
 
 
