@@ -132,3 +132,15 @@ def pixel_auroc_ci(labels, masks, maps, n_resamples: int = N_RESAMPLES, confiden
     alpha = (1 - confidence) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+INTERVAL_METRICS = ("image_auroc_ci_low", "image_auroc_ci_high", "pixel_auroc_ci_low", "pixel_auroc_ci_high")
+
+
+def interval_metrics(labels, scores, masks, maps, seed: int = 0) -> dict:
+    """A trial's test intervals as metrics: image AUROC always, pixel AUROC when the images hold
+    both defect and normal pixels (NaN otherwise, and then not logged). One fixed seed, so the
+    same predictions always give the same interval."""
+    image = auroc_ci(labels, scores, seed=seed)
+    pixel = pixel_auroc_ci(labels, masks, maps, seed=seed)
+    return dict(zip(INTERVAL_METRICS, (*image, *pixel)))
