@@ -25,6 +25,7 @@ from raybench.methods.base import provenance
 from raybench.methods import get_method
 from raybench.models.common import pick_device
 from raybench.sweep.plan import ConfigPlan
+from raybench.tracking.comparison import PREDICTIONS_FILE
 from raybench.sweep.search_space import decode_params
 from raybench.evaluation.splits import DEFAULT_VAL_SPLIT, Split, load_validation_set, make_split
 
@@ -87,9 +88,6 @@ class EpochReporter:
 
 def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
-
-
-PREDICTIONS_FILE = "predictions.json"
 
 
 def _per_image(samples, category, excluded, scored: dict) -> dict:
