@@ -146,12 +146,10 @@ def reproducibility_params() -> dict:
     """version_<package> for what a trial's figures depend on, as this process has them, and the
     TPE flags that proposed it (logged as params beside the weights' sha256); a missing package says so."""
     from importlib import metadata
-
-    import raybench
     out = {}
-    for name in VERSIONED:
+    for name in VERSIONED:  # raybench's own as installed (the source's commit is the git_commit tag)
         try:
-            out[f"version_{name}"] = raybench.__version__ if name == "raybench" else metadata.version(name)
+            out[f"version_{name}"] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[f"version_{name}"] = "not installed"
     return out | {f"tpe_{k}": v for k, v in TPE_FLAGS.items()}  # the search's sampler (category_search)
