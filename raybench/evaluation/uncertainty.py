@@ -34,17 +34,31 @@ def _auroc(pos, neg, axis=-1):
     return (ranks[..., :n_pos].sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def _by_label(labels, *scores) -> tuple[list, list]:
+def _strata(labels, *scores, groups=None) -> list[list[np.ndarray]]:
+    """Per stratum (group x label, anomalous first), each scorer's scores: what one resample draws
+    from apart. `groups` (e.g. the cross-fitted folds) splits the images into separately scored
+    parts whose AUROCs are averaged; None: one part."""
     labels = np.asarray(labels).ravel().astype(bool)
-    if labels.all() or not labels.any():
-        raise ValueError("an AUROC interval needs both normal and anomalous images")
     arrays = [np.asarray(s, dtype=np.float64).ravel() for s in scores]
-    if any(a.shape != labels.shape for a in arrays):
-        raise ValueError(f"labels ({labels.size}) and scores ({[a.size for a in arrays]}) differ in length")
-    # a class of one image resamples to itself; scipy wants two observations per sample, and
-    # doubling a class leaves every resample's AUROC as it was (it is a share of pairs)
-    pos, neg = ([np.repeat(a[m], 2 if m.sum() == 1 else 1) for a in arrays] for m in (labels, ~labels))
-    return pos, neg
+    groups = np.zeros(labels.size, int) if groups is None else np.asarray(groups).ravel()
+    if any(a.shape != labels.shape for a in arrays) or groups.shape != labels.shape:
+        raise ValueError(f"labels ({labels.size}), groups ({groups.size}) and scores ({[a.size for a in arrays]}) "
+                         f"differ in length")
+    strata = []
+    for g in np.unique(groups):
+        for mask in (labels & (groups == g), ~labels & (groups == g)):
+            if not mask.any():
+                raise ValueError("an AUROC interval needs both normal and anomalous images"
+                                 + ("" if len(np.unique(groups)) == 1 else f" in every group ({g!r} lacks one)"))
+            # a stratum of one image resamples to itself; scipy wants two observations per sample,
+            # and doubling a stratum leaves every resample's AUROC as it was (a share of pairs)
+            strata.append([np.repeat(a[mask], 2 if mask.sum() == 1 else 1) for a in arrays])
+    return strata
+
+
+def _mean_auroc(samples, axis=-1):
+    """The mean over groups of each group's AUROC; `samples` alternate anomalous, normal."""
+    return np.mean([_auroc(samples[i], samples[i + 1], axis) for i in range(0, len(samples), 2)], axis=0)
 
 
 def _interval(statistic, data, n_resamples: int, confidence: float, seed: int) -> tuple[float, float]:
@@ -57,24 +71,23 @@ def _interval(statistic, data, n_resamples: int, confidence: float, seed: int) -
 
 
 def auroc_ci(labels, scores, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
-             seed: int = 0) -> tuple[float, float]:
+             seed: int = 0, groups=None) -> tuple[float, float]:
     """(low, high): the percentile bootstrap interval of image AUROC, resampling the anomalous
-    and the normal images apart (stratified by label)."""
-    (pos,), (neg,) = _by_label(labels, scores)
-    return _interval(_auroc, (pos, neg), n_resamples, confidence, seed)
+    and the normal images apart (stratified by label; and by group: the mean of the groups' AUROCs)."""
+    data = [s[0] for s in _strata(labels, scores, groups=groups)]
+    return _interval(lambda *d, axis=-1: _mean_auroc(d, axis), data, n_resamples, confidence, seed)
 
 
 def paired_auroc_difference(labels, scores_a, scores_b, n_resamples: int = N_RESAMPLES,
-                            confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float, float]:
+                            confidence: float = CONFIDENCE, seed: int = 0, groups=None) -> tuple[float, float, float]:
     """(AUROC(a) - AUROC(b), low, high) for two scorers of the same images (same order): every
-    resample draws one set of images (stratified by label) and scores both scorers on it."""
-    pos, neg = _by_label(labels, scores_a, scores_b)
-    pos, neg = np.stack(pos), np.stack(neg)  # (2, n): a resample indexes the last axis, pairs stay
+    resample draws one set of images (stratified by label, and group) and scores both scorers on it."""
+    data = [np.stack(s) for s in _strata(labels, scores_a, scores_b, groups=groups)]  # (2, n): pairs stay
 
-    def difference(p, n, axis=-1):
-        return _auroc(p[0], n[0], axis) - _auroc(p[1], n[1], axis)
-    low, high = _interval(difference, (pos, neg), n_resamples, confidence, seed)
-    return float(difference(pos, neg)), low, high
+    def difference(*samples, axis=-1):
+        return _mean_auroc([s[0] for s in samples], axis) - _mean_auroc([s[1] for s in samples], axis)
+    low, high = _interval(difference, data, n_resamples, confidence, seed)
+    return float(difference(*data)), low, high
 
 
 def tied(low: float, high: float) -> bool:

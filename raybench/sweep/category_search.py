@@ -19,10 +19,10 @@ ERROR_REPORT = "raybench_error"  # see raybench.sweep.trial: a deterministic err
 TPE_FLAGS = {"multivariate": True, "constant_liar": True, "group": False, "n_ei_candidates": 24}
 
 
-def tpe_sampler(seed: int, trials_per_category: int):
+def make_sampler(seed: int, trials: int):
     """The sampler of one category's study: seeded, TPE_FLAGS, random for its first trials."""
     from optuna.samplers import TPESampler
-    return TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials_per_category // 2)), **TPE_FLAGS)
+    return TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 2)), **TPE_FLAGS)
 
 
 class PicklingSearcher(Searcher):
@@ -49,7 +49,7 @@ class PerCategorySearch(PicklingSearcher):
         self.studies = {}
         for i, c in enumerate(self.categories):
             if space.distributions:
-                sampler = tpe_sampler(seed + i, trials_per_category)
+                sampler = make_sampler(seed + i, trials_per_category)
                 self.studies[c] = OptunaSearch(space=dict(space.distributions), metric=metric, mode=mode,
                                                sampler=sampler)
             else:

@@ -90,13 +90,13 @@ def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _per_image(samples, category, excluded, scored: dict) -> dict:
+def _per_image(samples, category, excluded, scored: dict, n_synthetic: int = 0) -> dict:
     """What a later comparison needs of one split: the scored images' paths (relative to the
     category folder; synthetic validation anomalies as `synthetic/<i>`), labels and image scores."""
     excluded = set(excluded)
     paths = [relative_path(s, category) for s in samples if relative_path(s, category) not in excluded]
     labels, scores = scored["labels"], scored["scores"]
-    paths += [f"synthetic/{i}" for i in range(len(labels) - len(paths))]
+    paths += [f"synthetic/{i}" for i in range(n_synthetic)]
     if len(paths) != len(labels):
         raise RuntimeError(f"{category.name}: {len(labels)} images scored but {len(paths)} paths listed")
     return {"paths": paths, "labels": [int(v) for v in labels], "scores": [float(v) for v in scores]}
@@ -123,7 +123,8 @@ def fit_and_evaluate(ctx: TrialContext, config, split: Split, device, on_epoch=N
         test.update(interval_metrics(scored["labels"], scored["scores"], scored["masks"], scored["maps"]))
         if record is not None:
             record.update(test=_per_image(split.test, split.category, (), scored),
-                          validation=_per_image(split.validation, split.category, result.excluded_test, val_scored))
+                          validation=_per_image(split.validation, split.category, result.excluded_test, val_scored,
+                                                split.n_synthetic))
         # the verdict cuts are validation's F1-max cuts; test's own cuts would leak test into the Detector
         test.update(image_threshold=val.pop("val_image_threshold"), pixel_threshold=val.pop("val_pixel_threshold"))
         metrics = {**val, **test}

@@ -2,7 +2,7 @@
 and two searchers built alike propose identical trials, through the random start and TPE's own."""
 import math
 
-from raybench.sweep.category_search import TPE_FLAGS, PerCategorySearch, tpe_sampler
+from raybench.sweep.category_search import TPE_FLAGS, PerCategorySearch, make_sampler
 from raybench.sweep.search_space import load_search_space
 from raybench.sweep.trial import reproducibility_params
 
@@ -20,7 +20,7 @@ def _proposals(seed: int, n: int = 6) -> list[dict]:
 
 
 def test_the_flags_are_set_explicitly_and_recorded():
-    sampler = tpe_sampler(seed=3, trials_per_category=8)
+    sampler = make_sampler(seed=3, trials=8)
     assert TPE_FLAGS == {"multivariate": True, "constant_liar": True, "group": False, "n_ei_candidates": 24}
     assert (sampler._multivariate, sampler._constant_liar, sampler._group, sampler._n_ei_candidates) == (
         True, True, False, 24)

@@ -14,8 +14,14 @@ def _data(seed=1, n_pos=30, n_neg=40, shift=1.0):
     return labels, rng.normal(size=labels.size) + shift * labels, rng
 
 
+def _pairs_auroc(labels, scores):
+    """AUROC as the share of (anomalous, normal) pairs ordered right, ties half: written out."""
+    pos, neg = scores[labels == 1][:, None], scores[labels == 0][None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
 def _loop_bootstrap(labels, stat, n=2000, seed=123):
-    """Stratified percentile bootstrap written out: resample each class's indices, sklearn's AUROC."""
+    """Stratified percentile bootstrap written out: resample each class's indices, AUROC by pairs."""
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     values = []
@@ -29,7 +35,7 @@ def test_interval_matches_a_plain_loop_bootstrap_and_holds_its_point():
     labels, scores, _ = _data()
     point = roc_auc_score(labels, scores)
     low, high = auroc_ci(labels, scores, n_resamples=2000, seed=0)
-    ref = _loop_bootstrap(labels, lambda i: roc_auc_score(labels[i], scores[i]))
+    ref = _loop_bootstrap(labels, lambda i: _pairs_auroc(labels[i], scores[i]))
     assert low < point < high and high - low > 0.05
     assert (low, high) == (pytest.approx(ref[0], abs=0.02), pytest.approx(ref[1], abs=0.02))
     assert auroc_ci(labels, scores, seed=0) == auroc_ci(labels, scores, seed=0)  # seeded
@@ -66,7 +72,7 @@ def test_paired_difference_matches_a_plain_loop_and_is_narrower_than_unpaired():
     b = a + rng.normal(size=a.size) * 0.4  # the same images, a noisier scorer
     diff, low, high = paired_auroc_difference(labels, a, b, seed=0)
     assert diff == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b))
-    ref = _loop_bootstrap(labels, lambda i: roc_auc_score(labels[i], a[i]) - roc_auc_score(labels[i], b[i]))
+    ref = _loop_bootstrap(labels, lambda i: _pairs_auroc(labels[i], a[i]) - _pairs_auroc(labels[i], b[i]))
     assert (low, high) == (pytest.approx(ref[0], abs=0.015), pytest.approx(ref[1], abs=0.015))
     # pairing removes the images' shared difficulty: far narrower than the two intervals apart
     (la, ha), (lb, hb) = auroc_ci(labels, a), auroc_ci(labels, b)
@@ -104,3 +110,27 @@ def test_pixel_interval_holds_the_exact_pixel_auroc():
     assert pixel_auroc_ci(labels, masks, maps, seed=0) == (low, high)
     no_defect = pixel_auroc_ci(labels, np.zeros_like(masks), maps)
     assert np.isnan(no_defect).all()
+
+
+def test_groups_average_their_aurocs_and_resample_apart():
+    # two folds, each scored by its own model: the figure is the mean of the folds' AUROCs
+    labels, scores, rng = _data(seed=4, n_pos=30, n_neg=40)
+    groups = rng.permutation(np.r_[np.zeros(35), np.ones(35)]).astype(int)
+    scores = scores + 3.0 * groups  # the second fold's model scores everything higher
+    per_fold = [roc_auc_score(labels[groups == g], scores[groups == g]) for g in (0, 1)]
+    low, high = auroc_ci(labels, scores, groups=groups, seed=0)
+    assert low < np.mean(per_fold) < high
+    rng2 = np.random.default_rng(7)
+    strata = [np.flatnonzero((labels == y) & (groups == g)) for g in (0, 1) for y in (1, 0)]
+    values = []
+    for _ in range(2000):
+        idx = [rng2.choice(s, s.size) for s in strata]
+        values.append(np.mean([_pairs_auroc(labels[np.r_[idx[i], idx[i + 1]]], scores[np.r_[idx[i], idx[i + 1]]])
+                               for i in (0, 2)]))
+    ref = np.quantile(values, [0.025, 0.975])
+    assert (low, high) == (pytest.approx(ref[0], abs=0.02), pytest.approx(ref[1], abs=0.02))
+    diff, _, _ = paired_auroc_difference(labels, scores, scores[::-1], groups=groups)
+    assert diff == pytest.approx(np.mean(per_fold) - np.mean(
+        [roc_auc_score(labels[groups == g], scores[::-1][groups == g]) for g in (0, 1)]))
+    with pytest.raises(ValueError, match="every group"):
+        auroc_ci(labels, scores, groups=np.where(labels == 1, 0, 1))
