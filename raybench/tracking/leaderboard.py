@@ -160,7 +160,10 @@ def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: 
             len(search), best.info.run_id, best.info.run_name or "", t.get("sweep_id", ""), t.get("budget", ""),
             p.get("weights", ""), p.get("image_size", ""), "" if eval_res is None else f"{eval_res:g}",
             int(m.get("n_test_scored", 0)), len(finals), *img, *pix,
-            *(m.get(f"{k}_auroc_ci_{e}", math.nan) for k in ("image", "pixel") for e in ("low", "high"))))
+            test_image_auroc_ci_low=m.get("image_auroc_ci_low", math.nan),
+            test_image_auroc_ci_high=m.get("image_auroc_ci_high", math.nan),
+            test_pixel_auroc_ci_low=m.get("pixel_auroc_ci_low", math.nan),
+            test_pixel_auroc_ci_high=m.get("pixel_auroc_ci_high", math.nan)))
     mark_ties(rows, uri)
     return sorted(rows, key=lambda r: (r.dataset, r.category, -r.val_image_auroc))
 
