@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", nargs="?", default=None, help="only this dataset's experiment (default: every raybench-* experiment)")
     p.add_argument("--all-sweeps", action="store_true", help="every sweep (default: the latest one)")
     p.add_argument("--sweep-id", default=None, help="this sweep (default: the latest one)")
+    p.add_argument("--format", default="table", choices=("table", "json", "csv"),
+                   help="table (default, for people), json (a list of rows: test figures with 95%% bootstrap "
+                        "intervals, tied_with_best, final seeds' mean/std; NaN as null) or csv (an interval "
+                        "as _low/_high columns)")
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with the best model of a category")
@@ -189,8 +193,11 @@ def _spec(args, method: str, trials: int, overrides: dict):
 
 def cmd_leaderboard(args) -> int:
     from raybench.tracking import format_leaderboard, leaderboard, require_existing_store
-    print(format_leaderboard(leaderboard(require_existing_store(args.tracking_uri), args.dataset,
-                                         sweep_id=args.sweep_id, all_sweeps=args.all_sweeps)))
+    from raybench.tracking.export import to_csv, to_json
+    rows = leaderboard(require_existing_store(args.tracking_uri), args.dataset,
+                       sweep_id=args.sweep_id, all_sweeps=args.all_sweeps)
+    writer = {"table": format_leaderboard, "json": to_json, "csv": to_csv}[args.format]
+    print(writer(rows), end="" if args.format == "csv" else "\n")
     return 0
 
 

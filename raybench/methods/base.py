@@ -101,10 +101,12 @@ def provenance(config, scorer: nn.Module) -> dict:
     """What a run's features stand on, as logged params and kept in the Detector's meta: where
     the backbone's weights came from and the input normalisation the scorer applies."""
     from raybench.models.backbones import Normalise
-    from raybench.models.weights import describe
-    out = {"weights_source": describe(config.backbone, config.weights)}
+    from raybench.models.weights import describe, weights_sha256
+    out = {"weights_source": describe(config.backbone, config.weights),
+           "weights_sha256": weights_sha256(config.backbone, config.weights)}
     if getattr(config, "saliency_net", None):
         out["saliency_weights_source"] = describe(config.saliency_net, config.saliency_weights)
+        out["saliency_weights_sha256"] = weights_sha256(config.saliency_net, config.saliency_weights)
     norm = next((m for m in scorer.modules() if isinstance(m, Normalise)), None)
     if norm is not None:
         values = norm.values()

@@ -144,6 +144,19 @@ def describe(name: str, weights: str) -> str:
     return f"file {weights}, {name}"
 
 
+def weights_sha256(name: str, weights: str) -> str:
+    """The sha256 of the file `name`'s weights come from, as a run records it: the installed
+    package's checkpoint (pinned and checked when loaded) or the local file; `random` has no file,
+    and a model-hub download is named as such (timm keeps it in its own cache, unhashed here)."""
+    if weights == "random":
+        return "none (random initialisation)"
+    if weights == "imagenet":
+        if packaged_file(name) is not None:
+            return PACKAGED[name].sha256
+        return "not recorded (model hub, timm's cache)"
+    return sha256_of(Path(weights))
+
+
 def weights_choices() -> list[str]:
     """What `raybench methods` prints about the `weights` / `saliency_weights` fields."""
     lines = ["weights, saliency_weights: imagenet | random (only when asked) | PATH (a local timm weights file)",

@@ -204,11 +204,22 @@ def render_trial(out_dir, images, masks, labels, scores, maps, image_threshold, 
     ]
 
 
+def _bar_error(value: float, spread) -> tuple[float, float]:
+    """(below, above) the bar's top for an error bar: ± a number, or to an interval's ends."""
+    if spread is None or not np.isfinite(value):
+        return 0.0, 0.0
+    if isinstance(spread, (tuple, list)):
+        low, high = spread
+        return (max(value - low, 0.0), max(high - value, 0.0)) if np.isfinite([low, high]).all() else (0.0, 0.0)
+    return (float(spread), float(spread)) if np.isfinite(spread) else (0.0, 0.0)
+
+
 def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: str = "",
                       references: dict | None = None, reference_label: str = "paper"):
     """Grouped bars: categories along x, one bar per method, its value printed on it; `entries`
-    are (category, method, value, spread) with spread (a std over seeds) or None; a spread draws
-    an error bar. `references` ((category, method) -> value) draws a black mark on the bar."""
+    are (category, method, value, spread): spread None, a number (± it: a std over seeds) or a
+    (low, high) pair (an interval's ends); a spread draws an error bar. `references`
+    ((category, method) -> value) draws a black mark on the bar."""
     plt = _plt()
     entries = list(entries)
     categories = sorted({e[0] for e in entries})
@@ -221,7 +232,8 @@ def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: st
     for j, method in enumerate(methods):
         values = np.array([table.get((c, method), (np.nan, None))[0] for c in categories], dtype=float)
         spreads = [table.get((c, method), (np.nan, None))[1] for c in categories]
-        err = None if all(s is None for s in spreads) else np.array([s or 0.0 for s in spreads], dtype=float)
+        below_above = [_bar_error(v, s) for v, s in zip(values, spreads)]
+        err = None if all(s is None for s in spreads) else np.array(below_above, dtype=float).T
         bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, np.nan_to_num(values), width, yerr=err,
                       capsize=3, label=method)
         marks = [(bar.get_x() + bar.get_width() / 2, (references or {}).get((c, method)))
@@ -231,9 +243,9 @@ def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: st
             ax.scatter(*zip(*marks), marker="_", s=max(60, 600 * width), color="black", linewidths=2,
                        zorder=3, label=None if labelled else reference_label)
             labelled = True
-        for bar, value, spread in zip(bars, values, spreads):
+        for bar, value, (_, above) in zip(bars, values, below_above):
             if np.isfinite(value):
-                ax.text(bar.get_x() + bar.get_width() / 2, value + (spread or 0) + 0.01, f"{value:.3f}", ha="center",
+                ax.text(bar.get_x() + bar.get_width() / 2, value + above + 0.01, f"{value:.3f}", ha="center",
                         va="bottom", fontsize=7, rotation=90 if len(methods) > 2 else 0)
     ax.set_xticks(x, categories, rotation=30 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center")
     ax.set_ylim(0, 1.25)  # room for the legend above the bars
@@ -311,15 +323,21 @@ def predict_overlay(image, amap, score: float, image_threshold, pixel_threshold,
 
 
 def leaderboard_figure(dataset: str, rows):
-    """The categories x methods chart of a leaderboard: the TEST image AUROC of each run chosen on
-    validation, with the final seeds' std as an error bar where the sweep ran them (--final-seeds),
-    and the papers' numbers where they exist."""
+    """The categories x methods chart of a leaderboard, TEST image AUROC of the configuration chosen
+    on validation: where the sweep ran final seeds (--final-seeds), bar and error bar are the seeds'
+    mean ± std (one quantity); else the chosen run's value with its 95 % bootstrap interval over test
+    images as the error bar. The papers' numbers where they exist."""
     from raybench.reporting.references import SOURCE, reference_image_auroc
     from raybench.tracking.leaderboard import method_label
 
-    def spread(row):
-        std = getattr(row, "final_image_auroc_std", math.nan)
-        return std if getattr(row, "final_n", 0) and not math.isnan(std) else None
-    return leaderboard_chart([(r.category, method_label(r), r.image_auroc, spread(r)) for r in rows],
-                                     title=f"{dataset}: test image AUROC of the run chosen on validation",
+    def bar(row):
+        mean, std = getattr(row, "final_image_auroc_mean", math.nan), getattr(row, "final_image_auroc_std", math.nan)
+        if getattr(row, "final_n", 0) and not math.isnan(mean):
+            return mean, std
+        return row.image_auroc, (getattr(row, "test_image_auroc_ci_low", math.nan),
+                                 getattr(row, "test_image_auroc_ci_high", math.nan))
+    return leaderboard_chart([(r.category, method_label(r), *bar(r)) for r in rows],
+                                     metric_label="test image AUROC",
+                                     title=f"{dataset}: test image AUROC, chosen on validation "
+                                           f"(final seeds: mean ± std; else 95% bootstrap CI)",
                                      references=reference_image_auroc(dataset), reference_label=SOURCE)

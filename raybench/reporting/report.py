@@ -86,20 +86,21 @@ def build_report(uri: str, dataset: str) -> str:
              "<tr><th colspan='2'></th><th colspan='2'>VAL (ranked)</th><th colspan='3'>TEST (chosen run)</th>"
              "<th>TEST, final seeds</th><th colspan='3'></th></tr>"
              "<tr><th>category</th><th>method</th><th>VAL image AUROC</th><th>VAL pixel AUROC</th>"
-             "<th>TEST image AUROC</th><th>TEST pixel AUROC</th><th>TEST AUPRO</th>"
+             "<th>TEST image AUROC [95% CI] (≈: tied with the best TEST)</th><th>TEST pixel AUROC</th><th>TEST AUPRO</th>"
              "<th>TEST image AUROC mean ± std</th><th>runs</th><th>budget</th><th>MLflow run</th></tr>"]
     for r in rows:
         parts.append(f"<tr class='{'winner' if r.run_id in best else ''}'><td>{html.escape(r.category)}</td>"
                      f"<td>{html.escape(tracking.method_label(r))}</td><td class='num'>{_fmt(r.val_image_auroc)}</td>"
-                     f"<td class='num'>{_fmt(r.val_pixel_auroc)}</td><td class='num'>{_fmt(r.image_auroc)}</td>"
+                     f"<td class='num'>{_fmt(r.val_pixel_auroc)}</td><td class='num'>{_fmt(r.image_auroc)}{_ci(r)}</td>"
                      f"<td class='num'>{_fmt(r.pixel_auroc)}</td><td class='num'>{_fmt(r.aupro)}</td>"
                      f"<td class='num'>{html.escape(_final(r))}</td>"
                      f"<td class='num'>{r.n_runs}</td><td>{html.escape(r.budget or '')}</td>"
                      f"<td>{html.escape(r.run_name or r.run_id)}</td></tr>")
     parts.append("</table>")
     chart = figures.leaderboard_figure(dataset, rows)
-    parts.append(f"<h2>Categories x methods</h2><p class='muted'>TEST image AUROC of each run chosen on "
-                 f"validation; an error bar is the final seeds' std where the sweep ran them.</p>"
+    parts.append(f"<h2>Categories x methods</h2><p class='muted'>TEST image AUROC of the configuration chosen "
+                 f"on validation: where final seeds ran, bar and error bar are their mean ± std; else the "
+                 f"chosen run's value and its 95% bootstrap interval over test images.</p>"
                  f"{_img(_fig_png(chart), 'leaderboard chart')}")
     with tempfile.TemporaryDirectory(prefix="raybench-report-") as tmp:
         for i, r in enumerate(rows):
@@ -117,6 +118,14 @@ def build_report(uri: str, dataset: str) -> str:
                              "or before raybench logged them)</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _ci(row) -> str:
+    """' [low, high]' of the row's bootstrap interval and ' ≈' when tied with the category's best
+    TEST figure (docs/uncertainty.md); '' where the run has none."""
+    low, high = row.test_image_auroc_ci_low, row.test_image_auroc_ci_high
+    interval = "" if low != low or high != high else f" [{low:.3f}, {high:.3f}]"
+    return html.escape(interval + (" ≈" if row.tied_with_best else ""))
 
 
 def write_report(uri: str | None, dataset: str, out: str | Path) -> Path:

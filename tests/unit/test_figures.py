@@ -129,3 +129,22 @@ def test_leaderboard_chart_marks_the_papers_numbers_on_their_bars():
     heights = sorted(round(p.get_height(), 3) for p in ax.patches)
     assert heights == [0.0, 0.7, 0.8, 0.9]  # screw has no rd run: an empty bar
     figures._plt().close(fig)
+
+
+def test_leaderboard_figure_bar_and_error_bar_are_one_quantity():
+    import math
+
+    from raybench.tracking import LeaderboardRow
+    seeds = LeaderboardRow("demo", "stripes", "patchcore", "", 1.0, 0.9, 0.955, 0.9, 0.8, 4, "r1", final_n=2,
+                           final_image_auroc_mean=0.917, final_image_auroc_std=0.011)
+    single = LeaderboardRow("demo", "weave", "patchcore", "", 1.0, 0.9, 0.80, 0.9, 0.8, 4, "r2",
+                            test_image_auroc_ci_low=0.70, test_image_auroc_ci_high=0.85)
+    fig = figures.leaderboard_figure("demo", [seeds, single])
+    ax = fig.axes[0]
+    assert sorted(round(p.get_height(), 3) for p in ax.patches) == [0.8, 0.917]  # the seeds' mean, not 0.955
+    (bars,) = [c for c in ax.containers if getattr(c, "errorbar", None) is not None]
+    segments = bars.errorbar.lines[2][0].get_segments()
+    spans = sorted((round(float(s[0][1]), 3), round(float(s[1][1]), 3)) for s in segments)
+    assert spans == [(0.7, 0.85), (0.906, 0.928)]  # the CI's ends; mean ± std
+    figures._plt().close(fig)
+    assert figures._bar_error(0.5, (math.nan, math.nan)) == (0.0, 0.0)

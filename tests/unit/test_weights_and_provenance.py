@@ -19,7 +19,7 @@ from raybench.errors import WeightsError
 from raybench.methods import get_method
 from raybench.models import weights as weights_module
 from raybench.models.backbones import FeatureExtractor, input_normalisation
-from raybench.models.weights import PACKAGED, create_timm_model, describe, packaged_file, packaged_weights_file
+from raybench.models.weights import PACKAGED, create_timm_model, describe, packaged_file, packaged_weights_file, sha256_of
 
 CPU = torch.device("cpu")
 LITE0 = "tf_efficientnet_lite0"
@@ -165,6 +165,7 @@ def test_every_method_runs_on_lite0_imagenet_weights(method, demo_root):
     assert math.isfinite(metrics["image_auroc"]) and math.isfinite(metrics["pixel_auroc"])
     info = provenance(config, result.scorer)
     assert info["weights_source"].startswith(f"ImageNet, {LITE0}, from the installed package")
+    assert info["weights_sha256"] == PACKAGED[LITE0].sha256 == sha256_of(packaged_file(LITE0))
     assert info["input_mean"] == [0.5, 0.5, 0.5]
     if method == "cutswap":
         assert info["saliency_weights_source"].startswith(f"ImageNet, {LITE0}")
@@ -227,3 +228,14 @@ def test_lite0_imagenet_patchcore_finds_kolektorsdd_defects_better_than_random()
         auroc[weights] = evaluate_scorer(result.scorer, subset, CPU, [], full=False)["image_auroc"]
     assert auroc["imagenet"] >= 0.75, auroc
     assert auroc["imagenet"] > auroc["random"], auroc
+
+
+def test_weights_sha256_names_the_file_each_source_reads(tmp_path):
+    from raybench.models.weights import weights_sha256
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"abc")  # sha256("abc"), hand-checked value of the standard test vector
+    assert weights_sha256("resnet18", str(path)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert weights_sha256("resnet18", "random").startswith("none")
+    assert weights_sha256("resnet18", "imagenet").startswith("not recorded (model hub")
+    if packaged_file(LITE0) is not None:
+        assert weights_sha256(LITE0, "imagenet") == sha256_of(packaged_file(LITE0))
