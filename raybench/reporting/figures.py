@@ -313,13 +313,17 @@ def predict_overlay(image, amap, score: float, image_threshold, pixel_threshold,
 def leaderboard_figure(dataset: str, rows):
     """The categories x methods chart of a leaderboard: the TEST image AUROC of each run chosen on
     validation, with the final seeds' std as an error bar where the sweep ran them (--final-seeds),
-    and the papers' numbers where they exist."""
+    and the papers' numbers where they exist, on rows whose test split is the whole official one
+    (`official_test`: a figure on part of it is not comparable with a paper's)."""
     from raybench.reporting.references import SOURCE, reference_image_auroc
     from raybench.tracking.leaderboard import method_label
+
+    official = {(r.category, r.method) for r in rows if getattr(r, "official_test", False)}
 
     def spread(row):
         std = getattr(row, "final_image_auroc_std", math.nan)
         return std if getattr(row, "final_n", 0) and not math.isnan(std) else None
     return leaderboard_chart([(r.category, method_label(r), r.image_auroc, spread(r)) for r in rows],
                                      title=f"{dataset}: test image AUROC of the run chosen on validation",
-                                     references=reference_image_auroc(dataset), reference_label=SOURCE)
+                                     references={k: v for k, v in reference_image_auroc(dataset).items()
+                                                 if k in official}, reference_label=SOURCE)

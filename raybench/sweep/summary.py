@@ -55,14 +55,21 @@ def category_studies(results, space, metric: str = METRIC, mode: str = MODE) -> 
 
 
 def mark_winners(uri: str, experiment_id: str, rows) -> dict:
+    """Tag `winner=yes` on each category's chosen run (tracking.chosen_run: the run best_model
+    loads and the registry's champion) for the categories of `rows`; the tag leaves that category's
+    other runs only (other categories keep theirs). (dataset, category) -> the winning run id."""
     c = tracking.client(uri)
-    best = tracking.winners(rows)
-    keep = {row.run_id for row in best.values()}
-    for run in c.search_runs([experiment_id], f"tags.{WINNER_TAG} = 'yes'"):
-        if run.info.run_id not in keep:  # beaten since: one winner per category
-            c.delete_tag(run.info.run_id, WINNER_TAG)
-    for run_id in keep:
-        c.set_tag(run_id, WINNER_TAG, "yes")
+    name = c.get_experiment(experiment_id).name
+    best = {}
+    for dataset, category in sorted({(r.dataset, r.category) for r in rows}):
+        run = tracking.chosen_run(uri, dataset, category, experiment=name)
+        if run is None:
+            continue
+        best[(dataset, category)] = run.info.run_id
+        for old in tracking.search_runs(c, [experiment_id], {WINNER_TAG: "yes", "category": category}):
+            if old.info.run_id != run.info.run_id:  # beaten since: one winner per category
+                c.delete_tag(old.info.run_id, WINNER_TAG)
+        c.set_tag(run.info.run_id, WINNER_TAG, "yes")
     return best
 
 
