@@ -28,7 +28,7 @@ def _number(value) -> float:
 
 def objective(metrics: dict) -> float:
     """val_image_auroc + PIXEL_WEIGHT * val_pixel_auroc (a category without masks: + 0); NaN when
-    validation image AUROC is missing. A gain of 0.01 in image AUROC outweighs any pixel difference."""
+    validation image AUROC is missing. More than 0.01 of image AUROC outweighs any pixel difference."""
     image, pixel = _number(metrics.get(RANK_BY[0])), _number(metrics.get(RANK_BY[1]))
     return image + PIXEL_WEIGHT * (0.0 if math.isnan(pixel) else pixel)
 
