@@ -175,3 +175,22 @@ def test_select_dataset_row_is_the_configuration_best_on_mean_validation(trackin
     rows = {r.category: r for r in tracking.leaderboard(tracking_uri, "demo")}
     assert rows["disc"].run_id == runs[("1", "disc")]  # not disc's own best (0.9): the dataset's choice
     assert rows["weave"].run_id == runs[("1", "weave")] and rows["disc"].select == "dataset"
+
+
+def test_a_trial_stopped_early_carries_its_config_and_variant_from_the_start(tracking_uri):
+    from raybench.sweep.plan import SweepSpec, plan_sweep
+    from raybench.sweep.run_logger import MLflowTrialLogger
+    spec = SweepSpec("demo", method="siamese-unet", budget="smoke", weights="random")
+    _space, plan = plan_sweep(spec, load_search_space("siamese-unet"), log=lambda *_: None)
+    exp = tracking.ensure_experiment(tracking_uri, "raybench-demo")
+    logger = MLflowTrialLogger(tracking_uri, exp, {"dataset": "demo", "method": "siamese-unet", "sweep_id": "s1"}, 1,
+                               {"disc/a": {"tags": {"split_group": "g"}, "params": {"fold": "a"}}}, plan=plan)
+    trial = SimpleNamespace(trial_id="t1", last_result={"val_image_auroc": 0.7}, checkpoint=None, status="TERMINATED",
+                            config={"category": "disc", "fold": "a", "config_id": "a1", "default_config": False,
+                                    "anomaly_source": "synthetic", "n_anomalies": 4, "margin": 0.5})
+    logger.on_trial_start(0, [trial], trial)
+    logger.on_trial_complete(0, [trial], trial)  # ASHA stopped it: no final result, no checkpoint
+    (run,) = tracking.client(tracking_uri).search_runs([exp])
+    p, t = run.data.params, run.data.tags
+    assert (p["anomaly_source"], p["n_anomalies"], p["margin"], p["fold"]) == ("synthetic", "4", "0.5", "a")
+    assert (t["variant"], t["config_id"], t["default_config"], t["checkpoint"]) == ("synthetic", "a1", "no", "no")
