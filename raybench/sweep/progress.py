@@ -47,14 +47,18 @@ def progress_line(done: int, running: int, total: int, elapsed: float, best: dic
 
 
 def ties_so_far(trials, best: dict[str, float], metric: str = METRIC, status=None) -> dict[str, int]:
-    """category -> finished trials whose `metric` equals its best so far."""
+    """category -> finished trials of one validation set (crossfit: one fold) sharing its best `metric`."""
     status = status or (lambda t: t.status)
-    out: dict[str, int] = {}
+    counts: dict[tuple, int] = {}
     for trial in trials:
         value, category = (trial.last_result or {}).get(metric), trial.config.get("category")
         if category in best and status(trial) == "TERMINATED" and isinstance(value, (int, float)) \
                 and abs(value - best[category]) <= 1e-9:
-            out[category] = out.get(category, 0) + 1
+            key = (category, trial.config.get("fold") or "")
+            counts[key] = counts.get(key, 0) + 1
+    out: dict[str, int] = {}
+    for (category, _fold), n in counts.items():
+        out[category] = max(out.get(category, 0), n)
     return out
 
 
