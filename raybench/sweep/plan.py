@@ -197,8 +197,10 @@ def plan_sweep(spec: SweepSpec, space: SearchSpace, log=print) -> tuple[SearchSp
 
 
 def real_anomaly_need(spec: SweepSpec, space: SearchSpace) -> int:
-    """The most real anomalies a trial of this method's search may train on (the few-shot pool a
-    sweep of it needs); the CLI takes the largest over the methods of one command."""
+    """The most real anomalies a trial of this method's search, or its default configuration (the
+    first trial of every study), may train on: the few-shot pool a sweep of it needs; the CLI takes
+    the largest over the methods of one command."""
     quiet, method = (lambda *_: None), get_method(spec.method)
     space, plan = plan_sweep(spec, space, quiet)
-    return method.max_real_anomalies(plan.config(), space.distributions)
+    default = plan.config()  # every study's first trial runs it, sampled values or not
+    return max(method.max_real_anomalies(default, space.distributions), method.max_real_anomalies(default, {}))

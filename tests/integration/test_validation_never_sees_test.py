@@ -32,7 +32,8 @@ def test_siamese_trials_share_one_split_the_pool_is_never_scored_and_final_seeds
                                trials=3, budget="smoke", search_space=str(space), tracking_uri=uri,
                                storage=str(tmp_path / "ray"), final_seeds=1, seed=3))  # crossfit: 3 per fold
     (cat,) = load_dataset("demo", demo_root, ["stripes"])
-    folds = {f: make_split(cat, "crossfit", few_shot=3, fold=f) for f in ("a", "b")}  # the space's n_anomalies <= 3
+    # the pool: the space draws up to 3 shots, the default configuration (the first trial) 10
+    folds = {f: make_split(cat, "crossfit", few_shot=10, fold=f) for f in ("a", "b")}
     rel = lambda samples: {str(s.path.relative_to(cat.root / cat.name)) for s in samples}  # noqa: E731
     pool = rel(folds["a"].pool)
     c = tracking.client(uri)

@@ -206,6 +206,8 @@ def test_the_pool_is_sized_by_the_largest_search_and_too_large_a_pool_stops_befo
     assert spec.max_real_anomalies(config, space.distributions) == 10
     assert real_anomaly_need(SweepSpec("demo", method="siamese-unet", budget="smoke"), space) == 10
     assert real_anomaly_need(SweepSpec("demo", method="siamese-unet", overrides={"n_anomalies": 3}), space) == 3
+    narrow = space.without({"n_anomalies"})  # the default configuration (10 shots) runs first: the pool holds it
+    assert real_anomaly_need(SweepSpec("demo", method="siamese-unet"), narrow) == 10
     assert real_anomaly_need(SweepSpec("demo", method="patchcore"), load_search_space("patchcore")) == 0
     synthetic_only = space.without({"anomaly_source"}).distributions
     assert spec.max_real_anomalies(from_dict(spec.config_cls, {"anomaly_source": "synthetic"}), synthetic_only) == 0
