@@ -45,7 +45,8 @@ def category_studies(results, space, metric: str = METRIC, mode: str = MODE) -> 
             studies[category] = optuna.create_study(study_name=category,
                                                      direction="maximize" if mode == "max" else "minimize")
         params = {k: config[k] for k in space.distributions if k in config}
-        value = (metrics or {}).get(metric)
+        # the objective Optuna was told (tracking.objective, computed from the validation metrics)
+        value = tracking.objective(metrics or {}) if metric == tracking.OBJECTIVE else (metrics or {}).get(metric)
         finite = isinstance(value, (int, float)) and math.isfinite(value)
         studies[category].add_trial(optuna.trial.create_trial(
             params=params, distributions={k: space.distributions[k] for k in params},
@@ -92,8 +93,9 @@ def log_sweep_summary(uri: str, experiment_name: str, tags: dict, results, space
     run_id = _summary_run(c, tracking.ensure_experiment(uri, summary_experiment(experiment_name)), tags)
     charts = {f"{SUMMARY_DIR}/leaderboard.png": figures.leaderboard_figure(tags.get("dataset", ""), rows)}
     for category, study in category_studies(results, space).items():
-        for name, fig in figures.study_figures(study, title=f"{category} {tags.get('method', '')}").items():
-            charts[f"{SUMMARY_DIR}/{category}/{name}.png"] = fig
+        for name, fig in figures.study_figures(study, title=f"{category} {tags.get('method', '')}",
+                                                      metric_label="validation objective").items():
+            charts[f"{SUMMARY_DIR}/{category}/{name}.png"] = fig  # crossfit: both folds' trials
     plt = figures._plt()
     for path, fig in charts.items():
         c.log_figure(run_id, fig, path)
