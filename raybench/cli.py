@@ -70,9 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip each trial's overlay grid, ROC/PR curves and score histogram (MLflow artifacts)")
     p.add_argument("--val-split", type=float, default=0.3,
                    help="validation share: of the test images per defect type and of the good ones (real), "
-                        "or of the training normals (synthetic); default 0.3")
-    p.add_argument("--val-mode", default="real", choices=("real", "synthetic"),
-                   help="validation from real test images (default) or held-out normals + synthetic anomalies")
+                        "or of the training normals (synthetic); default 0.3 (crossfit: halves)")
+    p.add_argument("--val-mode", default="crossfit", choices=("crossfit", "real", "synthetic"),
+                   help="crossfit (default): the test split in two folds, each fold's choice reported on the "
+                        "other (every test image reported once); real: a validation share of the test images; "
+                        "synthetic: held-out normals + synthetic anomalies (docs/protocol.md)")
+    p.add_argument("--val-normals", type=float, default=0.1,
+                   help="share of the training normals held out into validation's good side (crossfit, real; "
+                        "default 0.1)")
+    p.add_argument("--few-shot-pool", type=int, default=None,
+                   help="real anomalies set aside for few-shot training, scored by no method (default: the most "
+                        "n_anomalies any method of this command may draw; 0 when none trains on real anomalies)")
+    p.add_argument("--accept-weak-validation", action="store_true",
+                   help="run even when a category's validation is too small to rank trials (default: stop, "
+                        "saying what to change)")
+    p.add_argument("--select", default="category", choices=("category", "dataset"),
+                   help="category (default): a configuration per category; dataset: one configuration for "
+                        "all categories by mean validation (the papers' protocol: one study, each trial "
+                        "trains every category)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation/test split")
     p.add_argument("--final-seeds", type=int, default=None,
                    help="retrain each category's chosen config with N new seeds; test mean +- std (demo: 2, else 0)")
@@ -136,7 +151,9 @@ def cmd_sweep(args) -> int:
     from raybench.delivery.registry import register
     from raybench.methods import method_names
     from raybench.sweep.driver import run_sweep
-    from raybench.sweep.plan import DEFAULT_TRIALS, new_sweep_id, overrides_per_method, parse_set, preset_default
+    from raybench.sweep.plan import (DEFAULT_TRIALS, new_sweep_id, overrides_per_method, parse_set, preset_default,
+                                     real_anomaly_need)
+    from raybench.sweep.search_space import load_search_space
     from raybench.tracking import format_leaderboard
     trials = args.trials or preset_default(args.dataset, "trials", DEFAULT_TRIALS)
     methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
@@ -147,6 +164,9 @@ def cmd_sweep(args) -> int:
         args.final_seeds = preset_default(args.dataset, "final_seeds", 0)
     if not args.sweep_id and not args.resume:  # one sweep id for every method: one leaderboard
         args.sweep_id = new_sweep_id()
+    if args.few_shot_pool is None:  # one pool for every method: all are scored on identical images
+        args.few_shot_pool = max(real_anomaly_need(_spec(args, m, trials, overrides[m]),
+                                                   load_search_space(m, args.search_space)) for m in methods)
     rows, failed, total, started_ms = [], 0, 0, int(time.time() * 1000)
     for method in methods:  # one after the other; each sweep runs its categories concurrently
         rows = run_sweep(_spec(args, method, trials, overrides[method]))
@@ -188,7 +208,8 @@ def _spec(args, method: str, trials: int, overrides: dict):
         budget=args.budget, overrides=overrides, storage=args.storage,
         sweep_id=args.sweep_id, resume=args.resume, asha=args.asha, max_concurrent=args.max_concurrent,
         kinds=parse_kinds(args.kinds), figures=args.figures, val_split=args.val_split, val_mode=args.val_mode,
-        split_seed=args.split_seed, final_seeds=args.final_seeds)
+        split_seed=args.split_seed, final_seeds=args.final_seeds, val_normals=args.val_normals,
+        few_shot_pool=args.few_shot_pool, accept_weak_validation=args.accept_weak_validation, select=args.select)
 
 
 def cmd_leaderboard(args) -> int:

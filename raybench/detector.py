@@ -147,7 +147,7 @@ class Detector:
         from raybench.data import load_dataset
         from raybench.errors import DatasetError
         from raybench.evaluation.scoring import evaluate_scorer
-        from raybench.evaluation.splits import make_split
+        from raybench.evaluation.splits import split_from_meta
         dataset = dataset or self.meta.get("dataset")
         category = category or self.meta.get("category")
         if not dataset or not category:
@@ -155,10 +155,7 @@ class Detector:
         (cat,) = load_dataset(dataset, data_root, [category])
         recorded = self.meta.get("split")
         if recorded:
-            # raybench 0.1 checkpoints name these mode / val_share / seed
-            split = make_split(cat, recorded.get("val_mode", recorded.get("mode")),
-                               recorded.get("val_split", recorded.get("val_share")),
-                               recorded.get("split_seed", recorded.get("seed")))
+            split = split_from_meta(cat, recorded)  # crossfit: this run's fold; the few-shot pool left out
             if split.test_split_hash != recorded["test_split_hash"]:
                 raise DatasetError(cat.root / cat.name, f"the test split rebuilt here (hash {split.test_split_hash[:12]}) "
                                                         f"is not the one this detector was scored on "

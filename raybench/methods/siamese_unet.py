@@ -9,9 +9,9 @@ images in batches of `batch_size`:
   with L_cos on the two normal branches only (restoring anomalies is what the student must not
   learn). With `stage1=False` only N is forwarded and the loss is L_cos (reverse distillation).
 - stage 2 (epochs2, if `stage2`): pairs (N, A) as one batch, deviation loss (eq. 8) with margin p.
-A is drawn (with replacement) from the anomaly pool: `real` = n_anomalies anomalous images of
-`category.test` drawn with the seed (a sweep puts only the validation split there, never the test
-split; returned in `excluded_test`, never scored); `synthetic` = n_anomalies blends
+A is drawn (with replacement) from the anomaly pool: `real` = the first n_anomalies anomalous images
+of `category.test` (a sweep puts only the category's few-shot pool there, never a validation or
+test image; returned in `excluded_test`); `synthetic` = n_anomalies blends
 of training images (raybench.synthesis.blend), redrawn every stage-1 epoch for variety.
 Stage 2 samples from the anomalies stage 1 employed (paper: "the anomalous samples used at
 stage-2 are all sampled from the anomalies employed in stage-1"): the real images, or the
@@ -129,17 +129,17 @@ def uses_anomalies(config: SiameseUNetConfig) -> bool:
     return config.stage1 or (config.stage2 and config.epochs2 > 0)
 
 
-def draw_real_anomalies(category: Category, n: int, seed: int) -> list[Sample]:
-    """n anomalous images of `category.test` (in a sweep: the validation pool) drawn with the seed
-    (in the category's own order, so the draw is reproducible)."""
+def draw_real_anomalies(category: Category, n: int, seed: int = 0) -> list[Sample]:
+    """The first n anomalous images of `category.test`, in its order: a sweep passes the category's
+    few-shot pool there (raybench.evaluation.splits: seeded, stratified by defect type, nested, so a
+    trial with n shots trains on the pool's first n whatever its seed, and the pool is never scored).
+    Called on a whole dataset category, the dataset's own order. `seed` is kept for callers of 0.2."""
     anomalous = [s for s in category.test if s.label == 1]
-    if n < 1 or n >= len(anomalous):
+    if n < 1 or n > len(anomalous):
         raise ConfigError(f"n_anomalies={n}: {category.name} offers {len(anomalous)} real anomalous images to "
-                          f"train on (a sweep: the validation split's); training on real anomalies needs "
-                          f"1 <= n_anomalies < that (some must stay to score). Raise --val-split, lower "
-                          f"n_anomalies, or use anomaly_source=synthetic (always with --val-mode synthetic)")
-    picks = np.random.default_rng(seed).choice(len(anomalous), size=n, replace=False)
-    return [anomalous[i] for i in sorted(picks)]
+                          f"train on (a sweep: its few-shot pool, sized by the largest n_anomalies the search "
+                          f"may draw); lower n_anomalies or use anomaly_source=synthetic")
+    return anomalous[:n]
 
 
 def draw_normal_shots(category: Category, n: int | None, seed: int) -> list[Sample]:

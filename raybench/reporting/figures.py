@@ -326,9 +326,12 @@ def leaderboard_figure(dataset: str, rows):
     """The categories x methods chart of a leaderboard, TEST image AUROC of the configuration chosen
     on validation: where the sweep ran final seeds (--final-seeds), bar and error bar are the seeds'
     mean ± std (one quantity); else the chosen run's value with its 95 % bootstrap interval over test
-    images as the error bar. The papers' numbers where they exist."""
+    images as the error bar. The papers' numbers where they exist, on rows whose test split is the
+    whole official one (`official_test`: a figure on part of it is not comparable with a paper's)."""
     from raybench.reporting.references import SOURCE, reference_image_auroc
     from raybench.tracking.leaderboard import method_label
+
+    official = {(r.category, r.method) for r in rows if getattr(r, "official_test", False)}
 
     def bar(row):
         mean, std = getattr(row, "final_image_auroc_mean", math.nan), getattr(row, "final_image_auroc_std", math.nan)
@@ -340,4 +343,5 @@ def leaderboard_figure(dataset: str, rows):
                                      metric_label="test image AUROC",
                                      title=f"{dataset}: test image AUROC, chosen on validation "
                                            f"(final seeds: mean ± std; else 95% bootstrap CI)",
-                                     references=reference_image_auroc(dataset), reference_label=SOURCE)
+                                     references={k: v for k, v in reference_image_auroc(dataset).items()
+                                                 if k in official}, reference_label=SOURCE)

@@ -1,15 +1,27 @@
-"""One Optuna study per category, multiplexed into one Ray Tune search so that all categories of
-a sweep run concurrently while each keeps its own TPE model."""
+"""Optuna studies multiplexed into one Ray Tune search, so that all categories of a sweep run
+concurrently while each study keeps its own TPE model.
+
+- `--select category` (default): one study per category (per crossfit fold: fold a's study is
+  steered by fold a's validation alone, fold b's by fold b's), each Tune trial trains one category.
+- `--select dataset` (the papers' protocol): one study per fold for the whole dataset; each of its
+  configurations is handed to every category (one Tune trial, one MLflow run each, tagged with the
+  same `config_id`) and Optuna is told the mean validation objective over the categories.
+The first configuration of every study is the method's default (no sampled values: presets, budget,
+the space's `fixed:` and `--set` only), tagged `default_config`, so each row can show what tuning bought.
+"""
 from __future__ import annotations
 
+import math
 import pickle
 
 from ray.tune.search import Searcher
 
-from raybench.sweep.search_space import SearchSpace
+from raybench.sweep.search_space import SearchSpace, _encode
+from raybench.tracking.leaderboard import OBJECTIVE
 
-# only validation steers the search (and ASHA); the test metrics a trial reports at its end are never read
-METRIC, MODE = "val_image_auroc", "max"
+# only validation steers the search (and ASHA): the objective of tracking.leaderboard, the same
+# function that ranks runs; the test metrics a trial reports at its end are never read
+METRIC, MODE = OBJECTIVE, "max"
 ERROR_REPORT = "raybench_error"  # see raybench.sweep.trial: a deterministic error reported as a result
 # TPE's flags, all explicit: Optuna 5 turned `multivariate` and `constant_liar` on by default (both
 # off in Optuna 4), so one --seed proposed other trials on each; these are Optuna 5's values (a
@@ -23,6 +35,9 @@ def make_sampler(seed: int, trials: int):
     """The sampler of one category's study: seeded, TPE_FLAGS, random for its first trials."""
     from optuna.samplers import TPESampler
     return TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 2)), **TPE_FLAGS)
+SELECTS = ("category", "dataset")
+# keys the searcher adds to a trial's config besides the sampled values (raybench.sweep.trial pops them)
+TRIAL_KEYS = ("category", "fold", "config_id", "default_config")
 
 
 class PicklingSearcher(Searcher):
@@ -39,49 +54,89 @@ class PicklingSearcher(Searcher):
 
 
 class PerCategorySearch(PicklingSearcher):
+    """`default_params`: the default configuration's values of the sampled keys (told to Optuna
+    as its first trial when they lie inside the space; else only run)."""
+
     def __init__(self, categories: list[str], space: SearchSpace, trials_per_category: int, seed: int,
-                 metric: str = METRIC, mode: str = MODE):
+                 metric: str = METRIC, mode: str = MODE, folds=("",), select: str = "category",
+                 default_params: dict | None = None):
         super().__init__(metric=metric, mode=mode)
-        from ray.tune.search.optuna import OptunaSearch
-        self.categories = list(categories)
-        self.remaining = {c: trials_per_category for c in self.categories}
-        self.owner: dict[str, str] = {}
-        self.studies = {}
-        for i, c in enumerate(self.categories):
-            if space.distributions:
-                sampler = make_sampler(seed + i, trials_per_category)
-                self.studies[c] = OptunaSearch(space=dict(space.distributions), metric=metric, mode=mode,
-                                               sampler=sampler)
-            else:
-                self.studies[c] = None  # nothing to sample: every trial runs the fixed config
+        import optuna
+        if select not in SELECTS:
+            raise ValueError(f"--select {select!r}: choose one of {SELECTS}")
+        self.categories, self.select, self.folds = list(categories), select, tuple(folds)
+        self.distributions = dict(space.distributions)
+        self.default_params = {k: _encode(v) for k, v in (default_params or {}).items() if k in self.distributions}
+        keys = [(c, f) for c in self.categories for f in self.folds] if select == "category" else [("*", f) for f in self.folds]
+        self.studies = {k: optuna.create_study(direction="maximize" if mode == "max" else "minimize",
+                                               sampler=make_sampler(seed + i, trials_per_category))
+                        for i, k in enumerate(keys)}
+        self.keys = keys
+        self.remaining = {k: trials_per_category for k in keys}  # configurations left to propose
+        self.asked: dict[tuple, int] = {k: 0 for k in keys}
+        self.queue: list[dict] = []  # Tune trial configs waiting (dataset mode: one per category)
+        self.owner: dict[str, tuple] = {}  # trial id -> (study key, config number)
+        self.pending: dict[tuple, dict] = {}  # (study key, config number) -> {optuna trial, values, left}
         self._next = 0
 
+    def _propose(self, key: tuple) -> None:
+        number = self.asked[key]
+        self.asked[key] += 1
+        self.remaining[key] -= 1
+        if number == 0:  # the method's default configuration first
+            params, trial = {}, None
+        else:
+            trial = self.studies[key].ask(self.distributions)
+            params = dict(trial.params)
+        category, fold = key
+        members = self.categories if category == "*" else [category]
+        self.pending[(key, number)] = {"trial": trial, "values": [], "left": len(members)}
+        config_id = f"{fold}{number}"
+        for c in members:
+            self.queue.append({**params, "category": c, "fold": fold, "config_id": config_id,
+                               "default_config": number == 0, "_key": (key, number)})
+
     def suggest(self, trial_id: str):
-        if not any(self.remaining.values()):
-            return Searcher.FINISHED
-        for step in range(len(self.categories)):  # round robin, so every category starts early
-            c = self.categories[(self._next + step) % len(self.categories)]
-            if self.remaining[c] <= 0:
-                continue
-            study = self.studies[c]
-            sampled = study.suggest(trial_id) if study is not None else {}
-            if sampled is None:
-                continue
-            self.remaining[c] -= 1
-            self.owner[trial_id] = c
-            self._next = (self._next + step + 1) % len(self.categories)
-            return {**sampled, "category": c}
-        return None
+        if not self.queue:
+            for step in range(len(self.keys)):  # round robin, so every category starts early
+                key = self.keys[(self._next + step) % len(self.keys)]
+                if self.remaining[key] > 0:
+                    self._next = (self._next + step + 1) % len(self.keys)
+                    self._propose(key)
+                    break
+        if not self.queue:
+            return Searcher.FINISHED if not any(self.pending.values()) else None
+        config = self.queue.pop(0)
+        self.owner[trial_id] = config.pop("_key")
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        study = self.studies.get(self.owner.get(trial_id))
-        if study is not None and self.metric in result and ERROR_REPORT not in result:
-            study.on_trial_result(trial_id, result)
+        pass  # Optuna is told the final (or last, when ASHA stopped it) objective at completion
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        study = self.studies.get(self.owner.get(trial_id))
-        if study is None:
+        import optuna
+        owner = self.owner.get(trial_id)
+        entry = self.pending.get(owner) if owner else None
+        if entry is None:
             return
-        if result is not None and (ERROR_REPORT in result or not isinstance(result.get(self.metric), (int, float))):
-            result = None
-        study.on_trial_complete(trial_id, result, error=error or result is None)
+        value = (result or {}).get(self.metric)
+        ok = not error and ERROR_REPORT not in (result or {}) and isinstance(value, (int, float)) and math.isfinite(value)
+        entry["values"].append(float(value) if ok else math.nan)
+        entry["left"] -= 1
+        if entry["left"] > 0:
+            return
+        del self.pending[owner]
+        (key, _number), values = owner, entry["values"]
+        mean = math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
+        study = self.studies[key]
+        if entry["trial"] is not None:
+            if math.isnan(mean):
+                study.tell(entry["trial"], state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(entry["trial"], mean)
+        elif not math.isnan(mean) and self.default_params.keys() == self.distributions.keys():
+            try:  # the default configuration, told as a finished trial when it lies inside the space
+                study.add_trial(optuna.trial.create_trial(params=self.default_params,
+                                                          distributions=self.distributions, value=mean))
+            except ValueError:
+                pass  # outside the space (e.g. epochs beyond its range): run and reported, not told

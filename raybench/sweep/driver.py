@@ -22,19 +22,19 @@ from ray import tune
 from raybench import tracking
 from raybench.data import load_dataset, validate_category
 from raybench.errors import ConfigError, SweepInterrupted
-from raybench.evaluation.splits import Split, check_few_shot_pool, make_split
+from raybench.evaluation.splits import FOLDS, Split, check_validation, make_split
 from raybench.local_ray import init_ray, start_local_ray
 from raybench.methods import get_method
 from raybench.models.weights import describe as describe_weights
 from raybench.sweep.category_search import METRIC, MODE, PerCategorySearch
-from raybench.sweep.plan import (DATASET_PRESETS, ConfigPlan, SweepSpec, check_spec, new_sweep_id, paper_setting_tags,
-                                 plan_sweep)
+from raybench.sweep.plan import (DATASET_PRESETS, ConfigPlan, SweepSpec, check_spec, new_sweep_id,
+                                 paper_setting_tags, plan_sweep, real_anomaly_need)
 from raybench.sweep.progress import ProgressLine
 from raybench.sweep.run_logger import INTERRUPTED, MLflowTrialLogger, close_interrupted_runs
 from raybench.sweep.search_space import SearchSpace, load_search_space
 from raybench.sweep.storage import (check_resumable, check_storage, read_latest_sweep_id, storage_root,
                                     write_latest_sweep_id)
-from raybench.sweep.trial import TrialContext, quiet_ray_logs, run_trial
+from raybench.sweep.trial import TrialContext, quiet_ray_logs, run_trial, split_key
 
 __all__ = ["SweepSpec", "SweepOutcome", "run_sweep"]
 
@@ -71,7 +71,7 @@ class Prepared:
     space: SearchSpace  # what Optuna samples (--set and bounding budgets taken out)
     plan: ConfigPlan
     categories: list
-    splits: dict[str, Split]
+    splits: dict[str, Split]  # split_key(category, fold) -> the split (crossfit: one per fold)
     uri: str
     experiment_name: str
     experiment_id: str
@@ -109,13 +109,24 @@ def prepare(spec: SweepSpec, log=print) -> Prepared:
     stray = sorted(set(spec.kinds) - {c.name for c in categories})
     if stray:
         raise ConfigError(f"--kind names {stray}, not among this sweep's categories {[c.name for c in categories]}")
+    need = real_anomaly_need(spec, load_search_space(spec.method, spec.search_space))
+    few_shot = need if spec.few_shot_pool is None else spec.few_shot_pool
+    if few_shot < need:
+        raise ConfigError(f"--few-shot-pool {few_shot}: trials of {spec.method} may train on up to {need} real "
+                          f"anomalies (n_anomalies); raise it, or --set n_anomalies={max(few_shot, 1)}")
     splits = {}
     for cat in categories:  # every file opened once: a bad one stops us here, named
         validate_category(cat)
         log(f"data: {cat.summary()}")
-        splits[cat.name] = make_split(cat, spec.val_mode, spec.val_split, spec.split_seed)
-        log(f"split: {splits[cat.name].summary()}")
-    check_few_shot_pool(splits, method.max_real_anomalies(first_config, space.distributions))
+        for fold in (FOLDS if spec.val_mode == "crossfit" else ("",)):
+            split = make_split(cat, spec.val_mode, spec.val_split, spec.split_seed, spec.val_normals, few_shot,
+                               fold or None)
+            splits[split_key(cat.name, fold)] = split
+            log(f"split: {split.summary()}")
+    for split in splits.values():  # validation that cannot rank trials stops here, saying what to change
+        warning = check_validation(split, spec.accept_weak_validation)
+        if warning:
+            log(warning)
     log(f"weights: {describe_weights(first_config.backbone, first_config.weights)}"
         + (" (the demo preset)" if spec.dataset in DATASET_PRESETS and not spec.weights else ""))
     for line in method.check(first_config):  # fetch (or read) weights once: a bad hub or file fails here
@@ -148,12 +159,13 @@ def _sweep_id(spec: SweepSpec, root: str, uri: str, experiment_id: str, splits: 
         if sweep_id is None:
             raise ValueError(f"--resume: no earlier sweep of {spec.dataset}/{spec.method} under {root}; pass --sweep-id")
     if spec.resume and sweep_id:
+        groups = {sp.category.name: sp.split_group for sp in splits.values()}
         for name, logged in tracking.sweep_split_hashes(uri, experiment_id, sweep_id).items():
-            now = splits.get(name)
-            if now is not None and now.test_split_hash != logged:
+            now = groups.get(name)
+            if now is not None and now != logged:
                 raise ValueError(f"--resume of sweep {sweep_id}: {name}'s test split would change (hash "
-                                 f"{logged[:12]} logged, {now.test_split_hash[:12]} now); resume with the same "
-                                 f"--split-seed, --val-split, --val-mode and data")
+                                 f"{logged[:12]} logged, {now[:12]} now); resume with the same --split-seed, "
+                                 f"--val-split, --val-mode, --val-normals, few-shot pool and data")
     return sweep_id or new_sweep_id()
 
 
@@ -174,7 +186,8 @@ def tune_trials(p: Prepared, log=print):
     spec, method = p.spec, get_method(p.spec.method)
     _start_ray(spec, log)
     names = [c.name for c in p.categories]
-    total = spec.trials * len(names)
+    folds = FOLDS if spec.val_mode == "crossfit" else ("",)
+    total = spec.trials * len(names) * len(folds)
     gpus = spec.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -182,16 +195,17 @@ def tune_trials(p: Prepared, log=print):
                        spec.cpus_per_trial, gpus, report_epochs=spec.asha and method.trained,
                        val_mode=spec.val_mode, val_split=spec.val_split, split_seed=spec.split_seed,
                        test_hashes={n: sp.test_split_hash for n, sp in p.splits.items()}, kinds=dict(spec.kinds),
-                       figures=spec.figures)
+                       figures=spec.figures, val_normals=spec.val_normals,
+                       few_shot=len(next(iter(p.splits.values())).pool) if p.splits else 0)
     if spec.workers > 1:
         resources = {"cpu": 0.1}  # the trial only drives a TorchTrainer; its workers hold the devices
     else:
         resources = {"cpu": spec.cpus_per_trial, "gpu": gpus}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     tags = _run_tags(p)
-    per_category = {n: {"tags": {"test_split_hash": sp.test_split_hash}, "params": sp.params()}
-                    for n, sp in p.splits.items()}
-    logger = MLflowTrialLogger(p.uri, p.experiment_id, tags, total, per_category)
+    per_category = {n: {"tags": {"test_split_hash": sp.test_split_hash, "split_group": sp.split_group},
+                        "params": sp.params()} for n, sp in p.splits.items()}
+    logger = MLflowTrialLogger(p.uri, p.experiment_id, tags, total, per_category, plan=p.plan)
     log(f"sweep {p.sweep_id}: {spec.method} on {spec.dataset} [{', '.join(names)}], {spec.trials} trial(s) each, "
         f"{spec.cpus_per_trial:g} CPU + {gpus:g} GPU per trial{f' x {spec.workers} workers' if spec.workers > 1 else ''}; "
         f"MLflow {p.uri} experiment {p.experiment_name!r}")
@@ -207,7 +221,9 @@ def tune_trials(p: Prepared, log=print):
             from ray.tune.schedulers import ASHAScheduler
             scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, grace_period=1,
                                       max_t=10_000)
-        searcher = PerCategorySearch(names, p.space, spec.trials, spec.seed)
+        default = p.plan.config()  # the first configuration of every study: the method's default
+        searcher = PerCategorySearch(names, p.space, spec.trials, spec.seed, folds=folds, select=spec.select,
+                                     default_params={k: getattr(default, k) for k in p.space.distributions})
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
@@ -231,7 +247,8 @@ def tune_trials(p: Prepared, log=print):
 def _run_tags(p: Prepared) -> dict:
     # the papers' keys are out of the search (bound_by_budget): every trial's config agrees on them
     return {"dataset": p.spec.dataset, "method": p.spec.method, "sweep_id": p.sweep_id, "budget": p.spec.budget,
-            "git_commit": tracking.git_commit(), "raybench": "1",
+            "git_commit": tracking.git_commit(), "raybench": "1", "select": p.spec.select,
+            tracking.COMPLETE_TAG: "no",  # set to yes by finish() once every trial ended
             **paper_setting_tags(p.spec.method, p.spec.budget, p.plan.config())}
 
 
@@ -239,8 +256,10 @@ def finish(p: Prepared, results, total: int, log=print) -> SweepOutcome:
     """The outcome (interrupted sweeps raise), the leaderboard, winner tags and the sweep's charts."""
     from raybench.sweep.summary import summarise_sweep
     outcome = _raise_if_interrupted(p.uri, p.experiment_id, p.sweep_id, p.spec.method, total)
+    tracking.mark_complete(p.uri, p.experiment_id, p.sweep_id, p.spec.method)  # only now: never a partial "latest"
     rows = tracking.leaderboard(p.uri, experiment=p.experiment_name, sweep_id=p.sweep_id)
-    summarise_sweep(p.uri, p.experiment_id, p.experiment_name, _run_tags(p), results, p.space, rows, log)
+    tags = {**_run_tags(p), tracking.COMPLETE_TAG: "yes"}
+    summarise_sweep(p.uri, p.experiment_id, p.experiment_name, tags, results, p.space, rows, log)
     return SweepOutcome(rows, sweep_id=p.sweep_id, total=total, failed=outcome["FAILED"])
 
 
@@ -271,11 +290,13 @@ def _run_final_seeds(spec, results, ctx, resources, tags, per_category, uri, exp
     from raybench.sweep.final_seeds import FixedConfigs, chosen_configs, final_trial_configs
     ctx = replace(ctx, report_epochs=False, plan=ctx.plan.without_override("seed"))
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
-    jobs = final_trial_configs(chosen_configs(results), spec.final_seeds)
+    rows = tracking.leaderboard(uri, experiment=tracking.experiment_name(spec.dataset, spec.experiment),
+                                sweep_id=tags["sweep_id"], method=spec.method)
+    jobs = final_trial_configs(chosen_configs(results, rows), spec.final_seeds)
     if not jobs:
         log("final seeds: no finished trial to retrain")
         return 0
-    logger = MLflowTrialLogger(uri, experiment_id, {**tags, "final": "yes"}, len(jobs), per_category)
+    logger = MLflowTrialLogger(uri, experiment_id, {**tags, "final": "yes"}, len(jobs), per_category, plan=ctx.plan)
     log(f"final seeds: the chosen configuration of {len(jobs) // spec.final_seeds} category/variant(s) "
         f"(best on validation) again with {spec.final_seeds} new seed(s) each")
     if spec.resume and tune.Tuner.can_restore(path):

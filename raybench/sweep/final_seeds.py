@@ -4,7 +4,8 @@ test mean +- std of the method rather than the luckiest draw of the search.
 
 The retraining is a second Tune run in the same driver with the configurations fixed (no
 searcher state, no early stopping), logged by the same kind of MLflowTrialLogger with the tag
-`final: yes`. Nothing here reads a test metric: the choice is made on validation alone.
+`final: yes`. The configurations retrained are the runs the leaderboard chose (tracking.leaderboard),
+on validation alone: nothing here reads a test metric.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import json
 from ray.tune.search import Searcher
 
 from raybench.sweep.category_search import METRIC, MODE, PicklingSearcher
-from raybench.tracking import rank_key
 
 
 class FixedConfigs(PicklingSearcher):
@@ -33,24 +33,28 @@ class FixedConfigs(PicklingSearcher):
         pass
 
 
-def chosen_configs(results) -> dict[tuple[str, str], dict]:
-    """(category, variant) -> the full config of the trial with the best validation figures among
-    the finished trials of a Tune ResultGrid (trials stopped early or failed never count)."""
-    best: dict[tuple[str, str], tuple] = {}
+def chosen_configs(results, rows) -> dict[tuple[str, str, str], dict]:
+    """(category, variant, fold) -> the full config of each run the leaderboard `rows` chose
+    (`tracking.leaderboard`, the one definition of the chosen run; crossfit: one per fold), read
+    from the Tune results by the run's trial id."""
+    by_trial = {}
     for result in results:
         metrics = result.metrics or {}
-        if result.error is not None or not metrics.get("final") or "raybench_config" not in metrics:
-            continue
-        key = (result.config.get("category", "?"), metrics.get("variant", ""))
-        if key not in best or rank_key(metrics) > best[key][0]:
-            best[key] = (rank_key(metrics), json.loads(metrics["raybench_config"]))
-    return {key: config for key, (_, config) in sorted(best.items())}
+        if result.error is None and metrics.get("final") and "raybench_config" in metrics:
+            by_trial[metrics.get("trial_id")] = (result.config or {}, json.loads(metrics["raybench_config"]))
+    chosen = {}
+    for row in rows:
+        for trial_id, fold in zip(row.trial_ids, row.folds):
+            if trial_id in by_trial:
+                chosen[(row.category, row.variant, fold)] = by_trial[trial_id][1]
+    return dict(sorted(chosen.items()))
 
 
-def final_trial_configs(chosen: dict[tuple[str, str], dict], n_seeds: int) -> list[dict]:
+def final_trial_configs(chosen: dict[tuple, dict], n_seeds: int) -> list[dict]:
     """N trials per chosen configuration, with seeds the search did not use (its seed + 1..N)."""
     jobs = []
-    for (category, _variant), config in chosen.items():
+    for (category, _variant, *fold), config in chosen.items():
         for i in range(n_seeds):
-            jobs.append({**config, "seed": int(config.get("seed", 0)) + 1 + i, "category": category})
+            jobs.append({**config, "seed": int(config.get("seed", 0)) + 1 + i, "category": category,
+                         "fold": fold[0] if fold else ""})
     return jobs

@@ -16,7 +16,7 @@ import yaml
 
 from raybench.config import field_types, from_dict
 from raybench.errors import ConfigError
-from raybench.evaluation.splits import DEFAULT_VAL_SPLIT
+from raybench.evaluation.splits import DEFAULT_VAL_MODE, DEFAULT_VAL_NORMALS, DEFAULT_VAL_SPLIT, VAL_MODES
 from raybench.methods.base import BOUNDING_BUDGETS, BUDGETS, paper_deviations
 from raybench.methods import get_method
 from raybench.sweep.search_space import SearchSpace
@@ -58,9 +58,13 @@ class SweepSpec:
     figures: bool = True  # each trial's overlays, curves and histogram as MLflow artifacts
 
     val_split: float = DEFAULT_VAL_SPLIT  # share of the test images (real) or training normals (synthetic)
-    val_mode: str = "real"  # real | synthetic: what validation is made of (raybench.evaluation.splits)
-    split_seed: int = 0  # the split depends on (dataset, category, split_seed) alone
+    val_mode: str = DEFAULT_VAL_MODE  # crossfit | real | synthetic (raybench.evaluation.splits)
+    split_seed: int = 0  # the split depends on (dataset, category, split_seed, protocol) alone
     final_seeds: int = 0  # retrain each category's chosen config with this many new seeds
+    val_normals: float = DEFAULT_VAL_NORMALS  # share of training normals held out into validation
+    few_shot_pool: int | None = None  # pool size; None: the most real anomalies this method's search may draw
+    accept_weak_validation: bool = False  # run even when validation is too small to rank trials
+    select: str = "category"  # category: a configuration per category; dataset: one for all (the papers')
 
 
 def preset_default(dataset: str, key: str, fallback):
@@ -110,6 +114,15 @@ def check_spec(spec: SweepSpec) -> None:
                                ("final_seeds", spec.final_seeds, 0), ("split_seed", spec.split_seed, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise ConfigError(f"{name}: must be an integer >= {least}, got {value!r}")
+    if spec.few_shot_pool is not None and (isinstance(spec.few_shot_pool, bool) or not isinstance(spec.few_shot_pool, int)
+                                           or spec.few_shot_pool < 0):
+        raise ConfigError(f"--few-shot-pool: must be an integer >= 0, got {spec.few_shot_pool!r}")
+    if spec.val_mode not in VAL_MODES:
+        raise ConfigError(f"--val-mode {spec.val_mode!r}: choose one of {VAL_MODES}")
+    if spec.select not in ("category", "dataset"):
+        raise ConfigError(f"--select {spec.select!r}: choose category or dataset")
+    if not 0 <= spec.val_normals < 1:
+        raise ConfigError(f"--val-normals {spec.val_normals}: the share of training normals must lie in [0, 1)")
     if not spec.cpus_per_trial > 0:
         raise ConfigError(f"cpus_per_trial: must be > 0, got {spec.cpus_per_trial!r}")
     if spec.gpus_per_trial is not None and not spec.gpus_per_trial >= 0:
@@ -194,3 +207,13 @@ def plan_sweep(spec: SweepSpec, space: SearchSpace, log=print) -> tuple[SearchSp
     plan = ConfigPlan(spec.method, resolve_base_config(spec, space), overrides)
     plan.config()
     return space, plan
+
+
+def real_anomaly_need(spec: SweepSpec, space: SearchSpace) -> int:
+    """The most real anomalies a trial of this method's search, or its default configuration (the
+    first trial of every study), may train on: the few-shot pool a sweep of it needs; the CLI takes
+    the largest over the methods of one command."""
+    quiet, method = (lambda *_: None), get_method(spec.method)
+    space, plan = plan_sweep(spec, space, quiet)
+    default = plan.config()  # every study's first trial runs it, sampled values or not
+    return max(method.max_real_anomalies(default, space.distributions), method.max_real_anomalies(default, {}))

@@ -15,7 +15,9 @@ from ray.tune import Callback
 
 from raybench import tracking
 from raybench.evaluation.uncertainty import INTERVAL_METRICS
-from raybench.sweep.trial import DETECTOR_DIR, ERROR_REPORT, FIGURES_DIR, PREDICTIONS_FILE
+from raybench.sweep.category_search import TRIAL_KEYS
+from raybench.sweep.search_space import decode_params
+from raybench.sweep.trial import DETECTOR_DIR, ERROR_REPORT, FIGURES_DIR, PREDICTIONS_FILE, split_key
 
 INTERRUPTED = ("interrupted: the sweep stopped before this trial ended "
                "(`raybench sweep ... --resume` reruns it)")
@@ -23,16 +25,29 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 LOGGED_METRICS = tracking.METRICS + tracking.VAL_METRICS + tracking.THRESHOLDS + (
     "fit_seconds", "inference_seconds", "inference_images_per_second", "n_test_scored", "n_val_scored",
-    "eval_resolution", "epoch", "workers") + INTERVAL_METRICS
+    "eval_resolution", "epoch", "workers", tracking.OBJECTIVE) + INTERVAL_METRICS
+
+
+def _config_params(plan, trial_config: dict) -> tuple[dict, str]:
+    """The trial's whole configuration as MLflow params, and its variant: known before it runs, so
+    a trial ASHA stops early carries them too (and lands in its leaderboard row)."""
+    from raybench.config import to_dict
+    from raybench.methods import get_method
+    sampled = {k: v for k, v in trial_config.items() if k not in TRIAL_KEYS}
+    config = plan.config(decode_params(sampled))
+    params = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in to_dict(config).items()}
+    return params, get_method(plan.method).variant(config)
 
 
 class MLflowTrialLogger(Callback):
-    """`per_category`: category -> {"tags": ..., "params": ...} every run of it carries from the
-    start (the split: test_split_hash, seed, counts)."""
+    """`per_category`: split_key(category, fold) -> {"tags": ..., "params": ...} every run of it
+    carries from the start (the split: test_split_hash, seed, counts); `plan` (the sweep's
+    ConfigPlan): the trial's configuration and variant, logged from the start as well."""
 
-    def __init__(self, uri: str, experiment_id: str, tags: dict, total: int, per_category: dict | None = None):
+    def __init__(self, uri: str, experiment_id: str, tags: dict, total: int, per_category: dict | None = None,
+                 plan=None):
         self.uri, self.experiment_id, self.tags, self.total = uri, experiment_id, dict(tags), total
-        self.per_category = dict(per_category or {})
+        self.per_category, self.plan = dict(per_category or {}), plan
         self._client = None
         self._runs: dict[str, str] = {}
         self._params_logged: set[str] = set()
@@ -65,14 +80,19 @@ class MLflowTrialLogger(Callback):
                 if "error" in found[0].data.tags:
                     self.client.delete_tag(run_id, "error")
         else:
-            category = trial.config.get("category", "?")
-            extra = self.per_category.get(category, {})
+            category, fold = trial.config.get("category", "?"), trial.config.get("fold") or ""
+            extra = self.per_category.get(split_key(category, fold), {})
+            params, variant = _config_params(self.plan, trial.config) if self.plan is not None else ({}, "")
             tags = {**self.tags, **extra.get("tags", {}), "category": category, "trial_id": trial.trial_id,
-                    "mlflow.runName": f"{category}-{self.tags['method']}-{trial.trial_id}"}
+                    "mlflow.runName": f"{category}-{self.tags['method']}{'-' + fold if fold else ''}-{trial.trial_id}",
+                    "default_config": "yes" if trial.config.get("default_config") else "no",
+                    **({"config_id": str(trial.config["config_id"])} if "config_id" in trial.config else {}),
+                    **({"variant": variant} if variant else {})}
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
-            if extra.get("params"):
+            params = {**params, **{k: str(v) for k, v in extra.get("params", {}).items()}}
+            if params:
                 from mlflow.entities import Param
-                self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in extra["params"].items()])
+                self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -82,7 +102,9 @@ class MLflowTrialLogger(Callback):
         from mlflow.entities import Param
         config = json.loads(result["raybench_config"])
         config.update(json.loads(result.get("raybench_provenance", "{}")))  # weights source, normalisation
-        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in config.items()]
+        logged = self.client.get_run(run_id).data.params  # the config, from the start: only what is new
+        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in config.items()
+                  if k not in logged]
         try:
             self.client.log_batch(run_id, params=params)
         except Exception:

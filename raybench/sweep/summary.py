@@ -45,7 +45,8 @@ def category_studies(results, space, metric: str = METRIC, mode: str = MODE) -> 
             studies[category] = optuna.create_study(study_name=category,
                                                      direction="maximize" if mode == "max" else "minimize")
         params = {k: config[k] for k in space.distributions if k in config}
-        value = (metrics or {}).get(metric)
+        # the objective Optuna was told (tracking.objective, computed from the validation metrics)
+        value = tracking.objective(metrics or {}) if metric == tracking.OBJECTIVE else (metrics or {}).get(metric)
         finite = isinstance(value, (int, float)) and math.isfinite(value)
         studies[category].add_trial(optuna.trial.create_trial(
             params=params, distributions={k: space.distributions[k] for k in params},
@@ -55,14 +56,21 @@ def category_studies(results, space, metric: str = METRIC, mode: str = MODE) -> 
 
 
 def mark_winners(uri: str, experiment_id: str, rows) -> dict:
+    """Tag `winner=yes` on each category's chosen run (tracking.chosen_run: the run best_model
+    loads and the registry's champion) for the categories of `rows`; the tag leaves that category's
+    other runs only (other categories keep theirs). (dataset, category) -> the winning run id."""
     c = tracking.client(uri)
-    best = tracking.winners(rows)
-    keep = {row.run_id for row in best.values()}
-    for run in c.search_runs([experiment_id], f"tags.{WINNER_TAG} = 'yes'"):
-        if run.info.run_id not in keep:  # beaten since: one winner per category
-            c.delete_tag(run.info.run_id, WINNER_TAG)
-    for run_id in keep:
-        c.set_tag(run_id, WINNER_TAG, "yes")
+    name = c.get_experiment(experiment_id).name
+    best = {}
+    for dataset, category in sorted({(r.dataset, r.category) for r in rows}):
+        run = tracking.chosen_run(uri, dataset, category, experiment=name)
+        if run is None:
+            continue
+        best[(dataset, category)] = run.info.run_id
+        for old in tracking.search_runs(c, [experiment_id], {WINNER_TAG: "yes", "category": category}):
+            if old.info.run_id != run.info.run_id:  # beaten since: one winner per category
+                c.delete_tag(old.info.run_id, WINNER_TAG)
+        c.set_tag(run.info.run_id, WINNER_TAG, "yes")
     return best
 
 
@@ -85,8 +93,9 @@ def log_sweep_summary(uri: str, experiment_name: str, tags: dict, results, space
     run_id = _summary_run(c, tracking.ensure_experiment(uri, summary_experiment(experiment_name)), tags)
     charts = {f"{SUMMARY_DIR}/leaderboard.png": figures.leaderboard_figure(tags.get("dataset", ""), rows)}
     for category, study in category_studies(results, space).items():
-        for name, fig in figures.study_figures(study, title=f"{category} {tags.get('method', '')}").items():
-            charts[f"{SUMMARY_DIR}/{category}/{name}.png"] = fig
+        for name, fig in figures.study_figures(study, title=f"{category} {tags.get('method', '')}",
+                                                      metric_label="validation objective").items():
+            charts[f"{SUMMARY_DIR}/{category}/{name}.png"] = fig  # crossfit: both folds' trials
     plt = figures._plt()
     for path, fig in charts.items():
         c.log_figure(run_id, fig, path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from raybench.sweep.category_search import ERROR_REPORT, METRIC as METRIC_NAME, TPE_FLAGS
+from raybench.sweep.category_search import ERROR_REPORT, METRIC as METRIC_NAME, TPE_FLAGS, TRIAL_KEYS
 from raybench.config import to_dict
 from raybench.data import load_dataset
 from raybench.detector import Detector
@@ -27,7 +27,9 @@ from raybench.models.common import pick_device
 from raybench.sweep.plan import ConfigPlan
 from raybench.tracking.comparison import PREDICTIONS_FILE
 from raybench.sweep.search_space import decode_params
-from raybench.evaluation.splits import DEFAULT_VAL_SPLIT, Split, load_validation_set, make_split
+from raybench.evaluation.splits import (DEFAULT_VAL_MODE, DEFAULT_VAL_NORMALS, DEFAULT_VAL_SPLIT, Split,
+                                       load_validation_set, make_split)
+from raybench.tracking.leaderboard import OBJECTIVE, objective
 
 
 @dataclass
@@ -41,19 +43,27 @@ class TrialContext:
     cpus_per_trial: float
     gpus_per_trial: float
     report_epochs: bool
-    val_mode: str = "real"
+    val_mode: str = DEFAULT_VAL_MODE
     val_split: float = DEFAULT_VAL_SPLIT
     split_seed: int = 0
-    test_hashes: dict | None = None  # category -> test_split_hash the driver saw (checked in the trial)
+    test_hashes: dict | None = None  # split_key(category, fold) -> test_split_hash the driver saw (checked in the trial)
     kinds: dict = field(default_factory=dict)  # category -> object | texture, set by the user
     figures: bool = True  # overlay grid, curves, histogram beside the checkpoint (raybench.reporting.figures)
+    val_normals: float = DEFAULT_VAL_NORMALS  # share of training normals held out into validation
+    few_shot: int = 0  # the few-shot pool's size (the same for every method of the sweep)
 
 
-def trial_split(ctx: TrialContext, category) -> Split:
-    """The category's split, rebuilt from (dataset, category, split seed); it must be the one the
-    driver logged (data changed under a running sweep would otherwise go unnoticed)."""
-    split = make_split(category, ctx.val_mode, ctx.val_split, ctx.split_seed)
-    expected = (ctx.test_hashes or {}).get(category.name)
+def split_key(category: str, fold: str = "") -> str:
+    """How the driver's per-split maps are keyed: the category, plus `/fold` in crossfit."""
+    return f"{category}/{fold}" if fold else category
+
+
+def trial_split(ctx: TrialContext, category, fold: str = "") -> Split:
+    """The category's split (its crossfit fold), rebuilt from (dataset, category, split seed, protocol);
+    it must be the one the driver logged (data changed under a running sweep would otherwise go unnoticed)."""
+    split = make_split(category, ctx.val_mode, ctx.val_split, ctx.split_seed, ctx.val_normals, ctx.few_shot,
+                       fold or None)
+    expected = (ctx.test_hashes or {}).get(split_key(category.name, split.fold))
     if expected and split.test_split_hash != expected:
         raise DatasetError(category.root / category.name, f"test split hash {split.test_split_hash[:12]} differs "
                                                           f"from the sweep's {expected[:12]}: the data changed")
@@ -65,8 +75,8 @@ def validation_metrics(scorer, split: Split, device, excluded=(), full: bool = T
     """Metrics on the validation split, named val_*; `predictions` is filled for the figures."""
     val_set = val_set if val_set is not None else load_validation_set(split, scorer.image_size, excluded)
     metrics = evaluate_scorer(scorer, None, device, full=full, test_set=val_set, predictions=predictions)
-    return {f"val_{k}": v for k, v in metrics.items() if not k.startswith(("inference", "n_test"))} | {
-        "n_val_scored": metrics["n_test_scored"]}
+    val = {f"val_{k}": v for k, v in metrics.items() if not k.startswith(("inference", "n_test"))}
+    return val | {"n_val_scored": metrics["n_test_scored"], OBJECTIVE: objective(val)}
 
 
 class EpochReporter:
@@ -222,15 +232,17 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
 
 def _fit_trial(params: dict, ctx: TrialContext) -> None:
     params = dict(params)
-    category_name = params.pop("category")
+    category_name, fold = params.pop("category"), params.get("fold") or ""
+    for key in TRIAL_KEYS:  # what the searcher added besides the sampled values
+        params.pop(key, None)
     config = ctx.plan.config(decode_params(params))
     predictions = {} if ctx.figures and ctx.workers <= 1 else None  # DDP trials: no figures yet
     record = {}
     if ctx.workers > 1:  # each Ray Train worker loads the category itself
-        metrics, detector, record = _fit_distributed(ctx, config, category_name)
+        metrics, detector, record = _fit_distributed(ctx, config, category_name, fold)
     else:
         (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name], ctx.kinds)
-        split = trial_split(ctx, category)
+        split = trial_split(ctx, category, fold)
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
         device = pick_device()
         reporter = EpochReporter(split, device) if ctx.report_epochs else None
@@ -246,11 +258,12 @@ def _train_worker(loop_config: dict) -> None:
     Every rank trains; rank 0 alone evaluates and saves the Detector."""
     import ray.train
     ctx, config, category_name = loop_config["ctx"], loop_config["config"], loop_config["category"]
+    fold = loop_config.get("fold", "")
     (category,) = load_dataset(ctx.dataset, ctx.data_root, [category_name], ctx.kinds)
     device = ray.train.torch.get_device()
     rank0 = ray.train.get_context().get_world_rank() == 0
     record = {}
-    metrics, detector = fit_and_evaluate(ctx, config, trial_split(ctx, category), device, evaluate=rank0,
+    metrics, detector = fit_and_evaluate(ctx, config, trial_split(ctx, category, fold), device, evaluate=rank0,
                                          record=record)
     if rank0:
         with tempfile.TemporaryDirectory() as tmp:
@@ -261,7 +274,7 @@ def _train_worker(loop_config: dict) -> None:
         ray.train.report({})
 
 
-def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dict, Detector, dict]:
+def _fit_distributed(ctx: TrialContext, config, category_name: str, fold: str = "") -> tuple[dict, Detector, dict]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     use_gpu = ctx.gpus_per_trial > 0
@@ -270,7 +283,7 @@ def _fit_distributed(ctx: TrialContext, config, category_name: str) -> tuple[dic
         per_worker["GPU"] = ctx.gpus_per_trial / ctx.workers
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"ctx": ctx, "config": config, "category": category_name},
+        train_loop_config={"ctx": ctx, "config": config, "category": category_name, "fold": fold},
         scaling_config=ScalingConfig(num_workers=ctx.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=f"ddp-{uuid.uuid4().hex[:8]}", **_ddp_storage()),

@@ -160,12 +160,14 @@ def search_runs(c, experiment_ids: list[str], tags: dict, status: str | None = N
 
 
 def sweep_split_hashes(uri: str, experiment_id: str, sweep_id: str) -> dict[str, str]:
-    """category -> test_split_hash of the runs a sweep logged so far (a resume must match them)."""
+    """category -> split group (crossfit: both folds; else the test split hash) of the runs a sweep
+    logged so far (a resume must match them)."""
     out = {}
     for run in search_runs(client(uri), [experiment_id], {"sweep_id": sweep_id}):  # quote-safe (o'clock)
         tags = run.data.tags
-        if "test_split_hash" in tags:
-            out.setdefault(tags.get("category", "?"), tags["test_split_hash"])
+        group = tags.get("split_group") or tags.get("test_split_hash")
+        if group:
+            out.setdefault(tags.get("category", "?"), group)
     return out
 
 

@@ -67,7 +67,7 @@ def _run_installed(site: Path, outside: Path, env: dict, tmp_path: Path) -> None
 
     assert "siamese-unet:" in _run([sys.executable, "-m", "raybench", "methods"], outside, env)
     out = _run([sys.executable, "-m", "raybench", "sweep", "demo", "--budget", "smoke", "--trials", "1",
-                "--categories", "disc", "--tracking-uri", f"sqlite:///{outside / 'mlflow.db'}",
+                "--categories", "disc", "--val-mode", "real", "--tracking-uri", f"sqlite:///{outside / 'mlflow.db'}",
                 "--storage", str(outside / "ray")], outside, env, timeout=600)
     assert "[1/1] disc patchcore: image AUROC" in out, out
     assert "raybench-demo-disc v1 @champion" in out, out  # the sweep registered its best run

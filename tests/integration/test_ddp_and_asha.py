@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def _spec(tmp_path, demo_root, uri, **kw):
     base = dict(dataset="demo", data_root=str(demo_root), categories="stripes", method="rd", trials=1,
                 budget="smoke", tracking_uri=uri, storage=str(tmp_path / "ray"), cpus_per_trial=1,
-                overrides={"epochs1": 2})
+                overrides={"epochs1": 2}, val_mode="real")  # one search (crossfit runs one per fold)
     return SweepSpec(**{**base, **kw})
 
 

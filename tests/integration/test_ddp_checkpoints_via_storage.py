@@ -26,6 +26,7 @@ def test_ddp_checkpoint_goes_through_the_sweep_storage(tmp_path, demo_root, monk
                "--categories", "stripes", "--method", "rd", "--trials", "1", "--budget", "smoke",
                "--set", "epochs1=1", "--workers", "2", "--cpus-per-trial", "2", "--no-register",
                "--final-seeds", "0",  # the demo preset's final seeds would add runs: one trial is the point
+               "--val-mode", "real",  # crossfit (the default) runs a search per fold: two trials
                "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--address", cluster.address]
         out = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

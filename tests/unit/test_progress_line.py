@@ -33,3 +33,16 @@ def test_best_so_far_takes_finished_trials_only_and_the_callback_counts_the_endi
     cb = ProgressLine(total=6, print_fn=lambda line, flush: printed.append(line))
     cb.on_trial_complete(0, trials, trials[4])  # Tune may still say RUNNING for the trial that ends
     assert printed[-1].startswith("[4/6 done, 1 running]") and "best val a 0.900 b 0.600" in printed[-1]
+
+
+def test_ties_on_one_validation_set_are_shown_with_what_breaks_them():
+    from raybench.sweep.progress import ties_so_far
+
+    def trial(fold, value):
+        return SimpleNamespace(config={"category": "a", "fold": fold}, status="TERMINATED",
+                               last_result={"val_image_auroc": value})
+    trials = [trial("a", 1.0), trial("a", 1.0), trial("b", 1.0), trial("b", 0.9)]
+    best = best_so_far(trials)
+    assert ties_so_far(trials, best) == {"a": 2}  # fold b's 1.0 is another validation set: not a tie
+    line = progress_line(4, 0, 4, 60.0, best, ties=ties_so_far(trials, best))
+    assert line.endswith("best val a 1.000 (2 tied) | ties -> val_pixel_auroc")

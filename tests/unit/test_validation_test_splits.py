@@ -35,7 +35,7 @@ def rel(samples, cat):
 
 
 def test_real_split_is_stratified_disjoint_and_hashed(disc):
-    split = make_split(disc, "real", 0.3, split_seed=0)
+    split = make_split(disc, "real", 0.3, split_seed=0, val_normals=0.0)
     # demo: 16 good, 8 crack, 8 spot -> round(0.3 * n): 5 good, 2 + 2 anomalous in validation
     kinds = lambda samples: sorted((s.defect_type, sum(1 for t in samples if t.defect_type == s.defect_type))
                                    for s in {s.defect_type: s for s in samples}.values())
@@ -48,6 +48,11 @@ def test_real_split_is_stratified_disjoint_and_hashed(disc):
     assert split.test_split_hash == expected
     p = split.params()
     assert (p["n_val"], p["n_val_anomalous"], p["n_test"], p["n_test_anomalous"]) == (9, 4, 23, 12)
+    # held-out training normals (default 0.1 of 48 -> 5) join validation's good side; test is unchanged
+    more = make_split(disc, "real", 0.3, split_seed=0)
+    assert more.test == split.test and len(more.held_out) == 5 and len(more.train) == 43
+    assert rel(more.held_out, disc) <= rel(disc.train, disc) and rel(more.held_out, disc).isdisjoint(rel(more.train, disc))
+    assert more.validation == split.validation + more.held_out and more.params()["n_val"] == 14
 
 
 def test_split_depends_on_dataset_category_and_seed_only(disc):
@@ -62,7 +67,7 @@ def test_split_depends_on_dataset_category_and_seed_only(disc):
 def test_too_few_images_of_a_kind_is_a_clear_error(tmp_path):
     make_mvtec_category(tmp_path, "widget", n_good=3, n_bad=1)
     (cat,) = load_dataset("folder", tmp_path, ["widget"])
-    with pytest.raises(DatasetError, match="'scratch': 1.*--val-mode synthetic"):
+    with pytest.raises(DatasetError, match="'scratch': 1.*--val-mode crossfit or synthetic"):
         make_split(cat)
     with pytest.raises(ValueError, match="between 0 and 1"):
         make_split(cat, val_split=1.0)
@@ -74,7 +79,7 @@ def test_synthetic_split_holds_out_normals_and_makes_the_same_anomalies_every_ti
     split = make_split(disc, "synthetic", 0.25, split_seed=3)
     assert len(split.validation) == 12 and len(split.train) == 36
     assert rel(split.validation, disc).isdisjoint(rel(split.train, disc))
-    assert split.test == disc.test and split.fit_view().test == []  # nothing real to train on
+    assert split.test == disc.test and split.fit_view().test == []  # no pool asked for: nothing real to train on
     images, masks, labels = load_validation_set(split, 32)
     again = load_validation_set(split, 32)
     assert images.shape == (24, 3, 32, 32) and labels.tolist() == [0] * 12 + [1] * 12
@@ -82,17 +87,16 @@ def test_synthetic_split_holds_out_normals_and_makes_the_same_anomalies_every_ti
     assert masks[:12].sum() == 0 and all(m.sum() > 0 for m in masks[12:])
 
 
-def test_few_shot_anomalies_come_from_validation_never_test(disc):
-    split = make_split(disc)
+def test_few_shot_anomalies_come_from_the_pool_never_validation_or_test(disc):
+    split = make_split(disc, "crossfit", few_shot=4)
     view = split.fit_view()
-    assert rel(view.test, disc) == rel(split.validation, disc)
-    drawn = draw_real_anomalies(view, 3, seed=0)
-    assert rel(drawn, disc) <= rel(split.validation, disc) and rel(drawn, disc).isdisjoint(rel(split.test, disc))
+    assert view.test == split.pool and len(split.pool) == 4
+    drawn = draw_real_anomalies(view, 3)
+    assert drawn == split.pool[:3]  # nested: n shots are the pool's first n, whatever the trial's seed
+    scored = rel(split.validation, disc) | rel(split.test, disc)
+    assert rel(split.pool, disc).isdisjoint(scored)
     with pytest.raises(ConfigError, match="offers 4 real anomalous images"):
-        draw_real_anomalies(view, 4, seed=0)  # one must stay to score validation
-    # left out of validation scoring
-    _, _, labels = load_validation_set(split, 16, excluded=rel(drawn, disc))
-    assert len(labels) == 6 and labels.sum() == 1
+        draw_real_anomalies(view, 5)
 
 
 @pytest.mark.parametrize("method", ["cutpaste", "siamese-unet"])
@@ -116,13 +120,16 @@ def test_smoke_budget_never_samples_epochs_beyond_smoke(method):
 
 def test_optuna_objective_is_validation_a_planted_test_perfect_trial_loses():
     space = load_search_space("patchcore")
-    search = PerCategorySearch(["disc"], space, trials_per_category=2, seed=0)
-    assert METRIC == "val_image_auroc"
-    planted, honest = search.suggest("planted"), search.suggest("honest")
+    search = PerCategorySearch(["disc"], space, trials_per_category=3, seed=0)
+    assert METRIC == "val_objective" == tracking.OBJECTIVE
+    default, planted, honest = search.suggest("default"), search.suggest("planted"), search.suggest("honest")
+    assert default["default_config"] and not planted["default_config"]
+    assert not set(default) - {"category", "fold", "config_id", "default_config"}  # nothing sampled: the defaults
     assert planted["category"] == honest["category"] == "disc"
-    search.on_trial_complete("planted", {"val_image_auroc": 0.5, "image_auroc": 1.0})
-    search.on_trial_complete("honest", {"val_image_auroc": 0.8, "image_auroc": 0.6})
-    study = search.studies["disc"]._ot_study
+    search.on_trial_complete("default", {"val_objective": 0.3, "image_auroc": 1.0})
+    search.on_trial_complete("planted", {"val_objective": 0.5, "image_auroc": 1.0})
+    search.on_trial_complete("honest", {"val_objective": 0.8, "image_auroc": 0.6})
+    study = search.studies[("disc", "")]
     assert study.best_value == pytest.approx(0.8)
 
 
@@ -177,36 +184,33 @@ def test_leaderboard_ranks_on_validation_and_reports_final_seeds(tracking_uri, c
     assert names.index("honest") < names.index("planted")
 
 
-def test_final_seeds_retrain_the_validation_winner_per_variant():
-    def result(category, val, test, variant="", seed=0, error=None, final=1):
-        config = {"seed": seed, "lr": val}
-        metrics = {"val_image_auroc": val, "val_pixel_auroc": 0.5, "image_auroc": test, "final": final,
-                   "variant": variant, "raybench_config": __import__("json").dumps(config)}
-        return SimpleNamespace(config={"category": category}, metrics=metrics, error=error)
-    results = [result("disc", 0.5, 1.0), result("disc", 0.8, 0.6), result("disc", 0.9, 0.9, error="boom"),
-               result("disc", 0.95, 0.9, final=0),  # stopped early: no checkpoint
-               result("disc", 0.6, 0.5, variant="real"), result("weave", math.nan, 1.0), result("weave", 0.1, 0.0)]
-    chosen = chosen_configs(results)
-    assert chosen == {("disc", ""): {"seed": 0, "lr": 0.8}, ("disc", "real"): {"seed": 0, "lr": 0.6},
-                      ("weave", ""): {"seed": 0, "lr": 0.1}}
+def test_final_seeds_retrain_the_leaderboard_choice_per_variant_and_fold():
+    def result(trial_id, lr, error=None, final=1):
+        metrics = {"trial_id": trial_id, "final": final, "raybench_config": __import__("json").dumps({"seed": 0, "lr": lr})}
+        return SimpleNamespace(config={"category": "disc"}, metrics=metrics, error=error)
+    results = [result("t1", 0.1), result("t2", 0.2), result("t3", 0.3, error="boom"), result("t4", 0.4, final=0)]
+    rows = [SimpleNamespace(category="disc", variant="", trial_ids=("t1", "t2"), folds=("a", "b")),
+            SimpleNamespace(category="disc", variant="real", trial_ids=("t3",), folds=("a",))]  # t3 failed
+    chosen = chosen_configs(results, rows)
+    assert chosen == {("disc", "", "a"): {"seed": 0, "lr": 0.1}, ("disc", "", "b"): {"seed": 0, "lr": 0.2}}
     jobs = final_trial_configs(chosen, 2)
-    assert [(j["category"], j["lr"], j["seed"]) for j in jobs] == [
-        ("disc", 0.8, 1), ("disc", 0.8, 2), ("disc", 0.6, 1), ("disc", 0.6, 2), ("weave", 0.1, 1), ("weave", 0.1, 2)]
+    assert [(j["category"], j["fold"], j["lr"], j["seed"]) for j in jobs] == [
+        ("disc", "a", 0.1, 1), ("disc", "a", 0.1, 2), ("disc", "b", 0.2, 1), ("disc", "b", 0.2, 2)]
 
 
-def test_a_search_that_could_draw_too_many_real_anomalies_stops_before_any_trial(disc):
-    from raybench.evaluation.splits import check_few_shot_pool
+def test_the_pool_is_sized_by_the_largest_search_and_too_large_a_pool_stops_before_any_trial(disc):
+    from raybench.sweep.plan import real_anomaly_need
     spec = get_method("siamese-unet")
     space = load_search_space("siamese-unet")  # n_anomalies up to 10, anomaly_source real or synthetic
     config = from_dict(spec.config_cls, {"weights": "random"})
     assert spec.max_real_anomalies(config, space.distributions) == 10
-    splits = {"disc": make_split(disc)}  # 4 real anomalies in validation
-    with pytest.raises(ValueError, match="disc: trials may train on up to 10 real anomalies.*offers 4"):
-        check_few_shot_pool(splits, spec.max_real_anomalies(config, space.distributions))
-    three = from_dict(spec.config_cls, {"weights": "random", "n_anomalies": 3})  # as --set n_anomalies=3
-    check_few_shot_pool(splits, spec.max_real_anomalies(three, space.without({"n_anomalies"}).distributions))
+    assert real_anomaly_need(SweepSpec("demo", method="siamese-unet", budget="smoke"), space) == 10
+    assert real_anomaly_need(SweepSpec("demo", method="siamese-unet", overrides={"n_anomalies": 3}), space) == 3
+    narrow = space.without({"n_anomalies"})  # the default configuration (10 shots) runs first: the pool holds it
+    assert real_anomaly_need(SweepSpec("demo", method="siamese-unet"), narrow) == 10
+    assert real_anomaly_need(SweepSpec("demo", method="patchcore"), load_search_space("patchcore")) == 0
     synthetic_only = space.without({"anomaly_source"}).distributions
     assert spec.max_real_anomalies(from_dict(spec.config_cls, {"anomaly_source": "synthetic"}), synthetic_only) == 0
     assert get_method("rd").max_real_anomalies(from_dict(get_method("rd").config_cls, {}), {}) == 0
-    with pytest.raises(ValueError, match="offers 0"):  # synthetic validation has no real anomalies to train on
-        check_few_shot_pool({"disc": make_split(disc, "synthetic")}, 1)
+    with pytest.raises(DatasetError, match="pool of 16 real anomalies needs more than the 16"):
+        make_split(disc, "crossfit", few_shot=16)
