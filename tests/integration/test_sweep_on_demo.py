@@ -28,7 +28,7 @@ def spec_for(tmp_path, demo_root, uri, **kw):
     # tests/unit/test_protocol.py, tests/integration/test_validation_never_sees_test.py)
     base = dict(dataset="demo", data_root=str(demo_root), categories="stripes,disc", trials=2,
                 budget="smoke", tracking_uri=uri, storage=str(tmp_path / "ray"), cpus_per_trial=1,
-                val_mode="real", val_normals=0.0)
+                val_mode="real", val_normals=0.0, accept_weak_validation=True)  # 5 good images: accepted
     return SweepSpec(**{**base, **kw})
 
 
