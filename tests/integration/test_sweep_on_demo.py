@@ -29,7 +29,7 @@ def spec_for(tmp_path, demo_root, uri, **kw):
     # tests/unit/test_protocol.py, tests/integration/test_validation_never_sees_test.py)
     base = dict(dataset="demo", data_root=str(demo_root), categories="stripes,disc", trials=2,
                 budget="smoke", tracking_uri=uri, storage=str(tmp_path / "ray"), cpus_per_trial=1,
-                val_mode="real", val_normals=0.0)
+                val_mode="real", val_normals=0.0, accept_weak_validation=True)  # 5 good images: accepted
     return SweepSpec(**{**base, **kw})
 
 
@@ -180,11 +180,14 @@ def test_a_failing_trial_ends_failed_and_the_sweep_goes_on(tmp_path, demo_root, 
     # passes, the trial fails (an out-of-range value or a bad --set is refused before any trial)
     space = tmp_path / "layer9.yaml"
     space.write_text("method: patchcore\nparams:\n  layers: {type: categorical, choices: [[layer9]]}\nfixed: {}\n")
-    rows = run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=1, search_space=str(space),
+    # trial 1 runs the method's default configuration (it builds); trial 2 samples layer9 and fails
+    rows = run_sweep(spec_for(tmp_path, demo_root, uri, categories="stripes", trials=2, search_space=str(space),
                               max_failures=0))
-    assert rows == [] and rows.failed == 1 and rows.total == 1
-    (run,) = tracking.client(uri).search_runs([tracking.client(uri).get_experiment_by_name("raybench-demo").experiment_id])
-    assert run.info.status == "FAILED" and "unknown layer 'layer9'" in run.data.tags["error"]
+    assert rows.failed == 1 and rows.total == 2 and [r.n_runs for r in rows] == [1]
+    runs = tracking.client(uri).search_runs([tracking.client(uri).get_experiment_by_name("raybench-demo").experiment_id])
+    (run,) = [r for r in runs if r.info.status == "FAILED"]
+    assert "unknown layer 'layer9'" in run.data.tags["error"]
+    assert [r.data.tags["default_config"] for r in runs if r.info.status == "FINISHED"] == ["yes"]
 
 
 def test_a_config_the_model_cannot_be_built_from_fails_before_any_trial(tmp_path, demo_root):
