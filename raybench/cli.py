@@ -22,6 +22,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
+DESCRIPTION = """Tune industrial anomaly-detection methods per product category (Ray Tune + Optuna), track
+every trial in MLflow, register and serve the winners, write an HTML report.
+
+  raybench sweep demo          the built-in demo: two methods, three categories, about 5 minutes
+  raybench ui                  the MLflow UI for the store a sweep used
+  raybench report demo         one offline HTML page of the results"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag says its default (unless its help already does, or it has none to say)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) \
+                and action.option_strings and action.nargs != 0:
+            text += f" (default: {action.default})"
+        return text
+
+
+def _dataset(text: str) -> str:
+    from raybench.data import DATASETS
+    from raybench.errors import unknown_name
+    if text not in DATASETS:
+        raise argparse.ArgumentTypeError(unknown_name("dataset", text, DATASETS))
+    return text
+
+
+def _add_verbose(p):
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="also show the libraries' own log lines and warnings (MLflow, Ray, Optuna)")
+
+
 def _add_common(p):
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
@@ -30,15 +62,26 @@ def _add_common(p):
 def build_parser() -> argparse.ArgumentParser:
     from raybench.data import DATASETS
     from raybench import __version__
-    parser = argparse.ArgumentParser(prog="raybench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="raybench", description=DESCRIPTION, formatter_class=_Formatter,
+                                     epilog="`raybench COMMAND -h` explains a command's flags.")
     parser.add_argument("--version", action="version", version=f"raybench {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_verbose(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(name, **kw):
+        p = _add_parser(name, formatter_class=_Formatter, description=kw.get("help"), **kw)
+        _add_verbose(p)
+        return p
+    sub.add_parser = add_parser
 
     p = sub.add_parser("sweep", help="tune a method per category and track every trial in MLflow")
-    p.add_argument("dataset", choices=DATASETS, help="dataset layout (demo is built in)")
+    p.add_argument("dataset", type=_dataset, help=f"dataset layout: {', '.join(DATASETS)} (demo is built in)")
     p.add_argument("--data-root", default=None, help="dataset folder (not needed for demo)")
-    p.add_argument("--categories", default="all", help="comma list or 'all'")
-    p.add_argument("--method", default="patchcore", help="a method, a comma list, or 'all' (see `raybench methods`)")
+    p.add_argument("--categories", default="all", help="comma list or 'all' (default: all)")
+    p.add_argument("--method", default=None,
+                   help="a method, a comma list, or 'all' (see `raybench methods`; default: patchcore, "
+                        "demo: patchcore,cutpaste)")
     p.add_argument("--trials", type=_positive_int, default=None, help="trials per category (demo: 4, else 8)")
     p.add_argument("--search-space", default=None, help="YAML file (default search_spaces/<method>.yaml)")
     _add_common(p)
@@ -49,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fractions pack several trials on one GPU (default: 1 if the Ray cluster has GPUs, else 0)")
     p.add_argument("--workers", type=_positive_int, default=1, help="Ray Train DDP workers per trial")
     p.add_argument("--seed", type=int, default=0, help="seeds the methods and each category's Optuna sampler (default: 0)")
-    p.add_argument("--weights", default=None, help="imagenet | random | PATH (demo: random)")
+    p.add_argument("--weights", default=None, help="imagenet | random | PATH (default: the method's, imagenet; demo: imagenet tf_efficientnet_lite0 "
+                        "from the installed package)")
     p.add_argument("--budget", default="default", choices=("smoke", "default", "paper"),
                    help="epochs and sizes: smoke (seconds), default, paper (the papers' settings)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
@@ -71,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or of the training normals (synthetic); default 0.3")
     p.add_argument("--val-mode", default="real", choices=("real", "synthetic"),
                    help="validation from real test images (default) or held-out normals + synthetic anomalies")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation/test split")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation/test split (default: 0)")
     p.add_argument("--final-seeds", type=int, default=None,
                    help="retrain each category's chosen config with N new seeds; test mean +- std (demo: 2, else 0)")
 
@@ -79,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", nargs="?", default=None, help="only this dataset's experiment (default: every raybench-* experiment)")
     p.add_argument("--all-sweeps", action="store_true", help="every sweep (default: the latest one)")
     p.add_argument("--sweep-id", default=None, help="this sweep (default: the latest one)")
+    p.add_argument("--wide", action="store_true", help="every column: run name, budget, weights, sizes, test count "
+                                                       "(default: 100 columns)")
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with the best model of a category")
@@ -96,31 +142,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
     _add_common(p)
 
-    p = sub.add_parser("methods", help="list methods and their config fields")
+    p = sub.add_parser("methods", help="list methods; with METHOD, its config fields: type, default, range, tuned?")
+    p.add_argument("method", nargs="?", default=None, help="one method's fields (default: every method, one line each)")
+
+    p = sub.add_parser("ui", help="serve the MLflow UI for a sweep's store on loopback and print its URL")
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    _add_common(p)
 
     p = sub.add_parser("register", help="register each category's best run in the MLflow Model Registry (alias champion)")
-    p.add_argument("dataset")
+    p.add_argument("dataset", help="the dataset whose runs to register (experiment raybench-DATASET)")
     p.add_argument("--categories", default=None, help="comma list (default: every category with finished runs)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
     _add_common(p)
 
     p = sub.add_parser("serve", help="one Ray Serve endpoint for every registered category: POST /<dataset>/<category>")
     p.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--cpus-per-replica", type=float, default=1.0)
-    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="fractions share a GPU between replicas")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas of the endpoint")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs each replica reserves; fractions share a GPU")
     p.add_argument("--alias", default="champion", help="registered model alias to serve")
     p.add_argument("--max-pixels", type=int, default=None, help="largest image accepted (default 50 megapixels)")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
     _add_common(p)
 
     p = sub.add_parser("export", help="the best model of a category as one ONNX graph, checked against torch")
-    p.add_argument("dataset")
-    p.add_argument("category")
-    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("dataset", help="the dataset whose best run to export")
+    p.add_argument("category", help="the category whose best run to export")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="the export format")
     p.add_argument("--out", required=True, help="folder for model.onnx and raybench-onnx.json")
-    p.add_argument("--method", default=None)
+    p.add_argument("--method", default=None, help="the best run of this method only (default: any)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     _add_common(p)
     return parser
@@ -130,9 +181,10 @@ def cmd_sweep(args) -> int:
     from raybench.delivery.registry import register
     from raybench.methods import method_names
     from raybench.sweep.driver import run_sweep
-    from raybench.sweep.plan import DEFAULT_TRIALS, new_sweep_id, overrides_per_method, parse_set, preset_default
+    from raybench.sweep.plan import DEFAULT_METHOD, DEFAULT_TRIALS, new_sweep_id, overrides_per_method, parse_set, preset_default
     from raybench.tracking import format_leaderboard
     trials = args.trials or preset_default(args.dataset, "trials", DEFAULT_TRIALS)
+    args.method = args.method or preset_default(args.dataset, "method", DEFAULT_METHOD)
     methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     if args.search_space and len(methods) > 1:
         raise ValueError("--search-space names one method's file: use it with a single --method")
@@ -152,7 +204,7 @@ def cmd_sweep(args) -> int:
         for reg in register(args.dataset, sorted({r.category for r in rows}), args.tracking_uri,
                             experiment=args.experiment):
             print(f"  {reg}")
-    _print_where_to_look(args, started_ms)
+    _print_where_to_look(args, started_ms, rows)
     if failed:
         print(f"raybench: {failed} of {total} trial(s) FAILED (each run's `error` tag in MLflow says why)",
               file=sys.stderr)
@@ -160,16 +212,20 @@ def cmd_sweep(args) -> int:
     return EXIT_OK
 
 
-def _print_where_to_look(args, since_ms: int) -> None:
-    """The sweep's last lines: how to open the MLflow UI on the runs this command made."""
+def _print_where_to_look(args, since_ms: int, rows) -> None:
+    """The sweep's last lines: `raybench ui`, the runs this command made, the winners compared,
+    `raybench report`, the Optuna storage."""
     from raybench import tracking
+    from raybench.sweep.optuna_storage import storage_url
     from raybench.sweep.summary import recent_sweep_ids
     from raybench.tracking.ui import where_to_look
     uri = tracking.tracking_uri(args.tracking_uri)
     name = tracking.experiment_name(args.dataset, args.experiment)
     exp = tracking.client(uri).get_experiment_by_name(name)
     if exp is not None:
-        print("\n" + where_to_look(uri, exp.experiment_id, recent_sweep_ids(uri, name, since_ms)))
+        winners = [row.run_id for row in tracking.winners(rows).values()]
+        print("\n" + where_to_look(uri, exp.experiment_id, recent_sweep_ids(uri, name, since_ms), winners,
+                                   dataset=args.dataset, optuna_storage=storage_url(uri)))
 
 
 def _spec(args, method: str, trials: int, overrides: dict):
@@ -188,7 +244,7 @@ def _spec(args, method: str, trials: int, overrides: dict):
 def cmd_leaderboard(args) -> int:
     from raybench.tracking import format_leaderboard, leaderboard, require_existing_store
     print(format_leaderboard(leaderboard(require_existing_store(args.tracking_uri), args.dataset,
-                                         sweep_id=args.sweep_id, all_sweeps=args.all_sweeps)))
+                                         sweep_id=args.sweep_id, all_sweeps=args.all_sweeps), wide=args.wide))
     return 0
 
 
@@ -224,27 +280,32 @@ def cmd_predict(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    import dataclasses
-
     from raybench.methods import get_method, method_names
-    from raybench.config import field_types, literal_choices
+    from raybench.sweep.fields import describe_fields
     from raybench.models.weights import weights_choices
-    for line in weights_choices():
+    if args.method is None:
+        for line in weights_choices():
+            print(line)
+        for name in method_names():
+            print(f"  {name:<13} {get_method(name).description}")
+        print("`raybench methods METHOD` lists a method's fields: type, default, range, tuned by its search space")
+        return 0
+    for line in describe_fields(args.method):
         print(line)
-    for name in method_names():
-        spec = get_method(name)
-        print(f"{name}: {spec.description}")
-        types = field_types(spec.config_cls)
-        for f in dataclasses.fields(spec.config_cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            choices = literal_choices(types[f.name])
-            print(f"    {f.name} = {default!r}" + (f"  (one of {list(choices)})" if choices else ""))
     return 0
+
+
+def cmd_ui(args) -> int:
+    from raybench.tracking import require_existing_store
+    from raybench.tracking.ui import serve_ui
+    return serve_ui(require_existing_store(args.tracking_uri), args.port, log=lambda m: print(m, flush=True))
 
 
 def cmd_register(args) -> int:
     from raybench.delivery.registry import register
-    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
+    if categories is not None and not all(categories):
+        raise ValueError(f"--categories {args.categories!r}: an empty category name (a stray comma?)")
     done = register(args.dataset, categories, args.tracking_uri, experiment=args.experiment)
     for reg in done:
         print(reg)
@@ -288,9 +349,15 @@ def cmd_export(args) -> int:
 
 def main(argv=None) -> int:
     from raybench.errors import RaybenchError, SweepInterrupted
-    args = build_parser().parse_args(argv)
+    from raybench.console import quiet
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `raybench`: what it does and how to start
+        parser.print_help()
+        return EXIT_OK
+    quiet(getattr(args, "verbose", False))
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
-               "methods": cmd_methods, "export": cmd_export,
+               "methods": cmd_methods, "export": cmd_export, "ui": cmd_ui,
                "register": cmd_register, "serve": cmd_serve, "report": cmd_report}[args.command]
     try:
         return handler(args)

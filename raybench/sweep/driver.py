@@ -208,7 +208,8 @@ def tune_trials(p: Prepared, log=print):
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
                                         max_concurrent_trials=spec.max_concurrent),
             run_config=tune.RunConfig(
-                name=p.run_name, storage_path=p.root, callbacks=[logger, ProgressLine(total)], verbose=0,
+                name=p.run_name, storage_path=p.root, callbacks=[logger, ProgressLine(total), _optuna_recorder(p, log)],
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
@@ -221,6 +222,12 @@ def tune_trials(p: Prepared, log=print):
             total += _run_final_seeds(spec, results, ctx, resources, tags, per_category, p.uri, p.experiment_id,
                                       f"{p.tune_path}-final", log)
     return results, total
+
+
+def _optuna_recorder(p: Prepared, log):
+    """Each category's search into the Optuna storage beside the MLflow store (optuna-dashboard)."""
+    from raybench.sweep.optuna_storage import OptunaRecorder, storage_url
+    return OptunaRecorder(storage_url(p.uri), p.spec.dataset, p.spec.method, p.sweep_id, p.space, log)
 
 
 def _run_tags(p: Prepared) -> dict:

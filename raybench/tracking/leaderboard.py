@@ -156,9 +156,12 @@ def _f(x: float, width: int) -> str:
     return f"{'-':>{width}}" if math.isnan(x) else f"{x:>{width}.4f}"
 
 
-def format_leaderboard(rows: list[LeaderboardRow]) -> str:
+def format_leaderboard(rows: list[LeaderboardRow], wide: bool = False) -> str:
     """Validation (what ranked) beside the chosen run's test figures, labelled; the final seeds'
-    test mean +- std where the sweep ran them."""
+    test mean +- std where the sweep ran them. Without `wide`: 100 columns (tracking.compact)."""
+    if not wide:
+        from raybench.tracking.compact import format_compact
+        return format_compact(rows, winners(rows))
     if not rows:
         return "(no finished runs)"
     head = (f"{'dataset':<10} {'category':<14} {'method':<24} {'VAL img':>7} {'VAL pix':>7} | "

@@ -159,7 +159,7 @@ def test_leaderboard_ranks_on_validation_and_reports_final_seeds(tracking_uri, c
     assert row.final_n == 2 and row.final_image_auroc_mean == pytest.approx(0.7)
     assert row.final_image_auroc_std == pytest.approx(np.std([0.6, 0.8], ddof=1))
     assert by[("siamese-unet", "real")].run_id == real and by[("siamese-unet", "synthetic")].run_id == synth
-    text = tracking.format_leaderboard(rows)
+    text = tracking.format_leaderboard(rows, wide=True)
     assert "ranked by VAL" in text and "0.7000 ± 0.1414 (n=2)" in text and "siamese-unet (real)" in text
     assert "smoke" in text and "64/64" in text and "honest" in text
     # the latest sweep by default; every sweep on request
@@ -167,9 +167,9 @@ def test_leaderboard_ranks_on_validation_and_reports_final_seeds(tracking_uri, c
     everything = tracking.leaderboard(tracking_uri, "demo", all_sweeps=True)
     assert [r.run_name for r in everything if r.method == "patchcore"] == ["later-sweep"]
     from raybench.cli import main
-    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--sweep-id", "s1"]) == 0
+    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--sweep-id", "s1", "--wide"]) == 0
     assert "honest" in capsys.readouterr().out
-    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--all-sweeps"]) == 0
+    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--all-sweeps", "--wide"]) == 0
     out = capsys.readouterr().out
     assert "later-sweep" in out and "honest" not in out
     # best_model's order: validation first, whatever test says

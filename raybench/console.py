@@ -1,0 +1,49 @@
+"""A quiet console: raybench's own lines only, unless `-v/--verbose`.
+
+Libraries under raybench talk on their own: MLflow's INFO lines (database set-up, registry
+versions), its pyfunc type-hint warning (with ANSI colour codes), one "Downloading artifacts"
+progress bar per file it fetches, Ray's token-auth notice, Optuna's experimental-feature
+warnings. raybench says what matters itself (e.g. `ray: local instance on 127.0.0.1, token auth
+on`), so by default these go; `verbose=True` leaves every library as it is.
+
+Set before the libraries are imported where it can be (environment variables are read by Ray's
+workers too, which inherit them from the driver's processes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+
+# loggers raybench quiets to ERROR (their WARNING/INFO lines restate what raybench prints)
+QUIET_LOGGERS = ("mlflow", "alembic", "optuna", "ray._private.authentication",
+                 "ray._private.authentication.authentication_token_setup", "ray.tune", "ray.train", "ray.air",
+                 "ray.serve", "ray.data", "ray._private.worker", "urllib3", "filelock", "timm")
+QUIET_ENV = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one tqdm bar per downloaded file
+    "PYTHONWARNINGS": "ignore",  # Ray's trial workers (their own interpreters) inherit it
+    "RAY_DEDUP_LOGS": "1",
+    "TQDM_DISABLE": "1",
+    "MLFLOW_LOGGING_LEVEL": "ERROR",
+}
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def quiet(verbose: bool = False) -> None:
+    """Silence library noise for this process and the Ray workers it starts (see module docstring)."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("NO_COLOR", "1")
+    if verbose:
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore")  # library UserWarnings, FutureWarnings, DeprecationWarnings
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def plain(text: str) -> str:
+    """`text` without ANSI escape codes (for a pipe or a file, where they are noise)."""
+    return ANSI.sub("", text)
