@@ -179,13 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_sweep(args) -> int:
     from raybench.delivery.registry import register
-    from raybench.methods import method_names
+    from raybench.methods import get_method, method_names
     from raybench.sweep.driver import run_sweep
     from raybench.sweep.plan import DEFAULT_METHOD, DEFAULT_TRIALS, new_sweep_id, overrides_per_method, parse_set, preset_default
     from raybench.tracking import format_leaderboard
     trials = args.trials or preset_default(args.dataset, "trials", DEFAULT_TRIALS)
     args.method = args.method or preset_default(args.dataset, "method", DEFAULT_METHOD)
-    methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
+    _refuse_empty_names("--categories", args.categories)
+    _refuse_empty_names("--method", args.method)
+    methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",")]
+    for name in methods:
+        get_method(name)  # an unknown name fails here, with a suggestion
     if args.search_space and len(methods) > 1:
         raise ValueError("--search-space names one method's file: use it with a single --method")
     overrides = overrides_per_method(methods, parse_set(args.overrides))
@@ -210,6 +214,11 @@ def cmd_sweep(args) -> int:
               file=sys.stderr)
         return EXIT_TRIALS_FAILED
     return EXIT_OK
+
+
+def _refuse_empty_names(flag: str, text: str | None) -> None:
+    if text is not None and not all(name.strip() for name in text.split(",")):
+        raise ValueError(f"{flag} {text!r}: an empty name (a stray comma?)")
 
 
 def _print_where_to_look(args, since_ms: int, rows) -> None:
@@ -303,9 +312,8 @@ def cmd_ui(args) -> int:
 
 def cmd_register(args) -> int:
     from raybench.delivery.registry import register
+    _refuse_empty_names("--categories", args.categories)
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
-    if categories is not None and not all(categories):
-        raise ValueError(f"--categories {args.categories!r}: an empty category name (a stray comma?)")
     done = register(args.dataset, categories, args.tracking_uri, experiment=args.experiment)
     for reg in done:
         print(reg)
