@@ -96,21 +96,36 @@ def test_curves_say_when_a_level_has_one_class(tmp_path):
     figures._plt().close(fig)
 
 
-def test_predict_overlay_outlines_the_predicted_region_and_writes_the_verdict():
+def test_predict_overlay_upscales_outlines_and_captions_below_the_image():
+    from raybench.reporting.overlay import BAR_WIDTH, CAPTION
     image = np.full((64, 80, 3), 0.5, np.float32)
-    amap = np.zeros((64, 80), np.float32)
+    amap = np.full((64, 80), 0.3, np.float32)
     amap[20:40, 30:50] = 1.0
     over = figures.predict_overlay(image, amap, 0.93, image_threshold=0.5, pixel_threshold=0.5)
     a = np.asarray(over)
-    assert over.size == (80, 64) and a.dtype == np.uint8
-    assert (a[20, 30:50] == 255).all() and (a[39, 30:50] == 255).all()  # the region's border is white
-    assert not (a[30, 35:45] == 255).all(axis=-1).any()  # its inside is heat, not outline
-    assert a[60, 70, 0] < a[30, 40, 0]  # jet: hot region redder than the cold background
-    assert (a[:14, :60] != a[50, 5]).any()  # the score banner is drawn top left
-    calm = np.asarray(figures.predict_overlay(image, amap * 0, 0.1, 0.5, 0.5))
-    assert not (calm[20:] == 255).all(axis=-1).any()  # nothing predicted: no outline (below the banner)
+    k = 4  # 64 px upscaled to at least 256 for display
+    h, w = 64 * k, 80 * k
+    assert a.dtype == np.uint8 and over.size[1] == h + CAPTION + 6 and over.size[0] > w + BAR_WIDTH
+    assert (a[20 * k, 30 * k:50 * k] == 255).all() and (a[40 * k - 1, 30 * k:50 * k] == 255).all()  # outline
+    assert not (a[30 * k, 35 * k:45 * k] == 255).all(axis=-1).any()  # its inside is heat, not outline
+    hot, calm = a[30 * k, 40 * k].astype(int), a[5, 5].astype(int)
+    assert hot[0] > hot[2] + 60  # turbo: the region is red
+    assert abs(calm[0] - calm[2]) < 60 and 90 < calm.mean() < 160  # the calm image stays grey (no wash)
+    assert (a[h + 2:, :200] != 0).any()  # the caption band below the image holds text
+    bar = a[:h, w + 8 + BAR_WIDTH // 2]
+    assert bar[0, 0] > bar[0, 2] and bar[-1, 2] > bar[-1, 0]  # colour bar: hot on top, cold below
+    calm_only = np.asarray(figures.predict_overlay(image, amap * 0 + 0.3, 0.1, 0.5, 0.5))
+    assert not (calm_only[:h, :w] == 255).all(axis=-1).any()  # nothing predicted: no outline
     with pytest.raises(ValueError, match="differ in size"):
         figures.predict_overlay(image, amap[:10], 0.1, 0.5, 0.5)
+
+
+def test_map_png_puts_the_cut_mid_grey_and_the_calm_baseline_dark():
+    from raybench.detector import Detector
+    det = Detector.__new__(Detector)  # map_image reads the cut alone
+    det.meta = {"pixel_threshold": 0.4}
+    grey = np.asarray(det.map_image(np.array([[0.1, 0.2, 0.4, 0.6, 0.25]], np.float32)))
+    assert grey.tolist() == [[0, 0, 128, 255, 32]]
 
 
 def test_leaderboard_chart_marks_the_papers_numbers_on_their_bars():
