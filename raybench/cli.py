@@ -327,12 +327,23 @@ def cmd_serve(args) -> int:
     import time
 
     from raybench.delivery import serve
+    from raybench.delivery.champions import champions, warm_up
     from raybench.data.io import MAX_PIXELS
+    uri = serve.absolute_uri(args.tracking_uri)
+    served = champions(uri, args.alias)
+    if not served:
+        print(f"raybench: no registered raybench-<dataset>-<category>@{args.alias} in {uri} yet (`raybench register "
+              f"DATASET` after a sweep); serving anyway, models load on first use", file=sys.stderr)
     app = serve.build_app(args.tracking_uri, args.alias, args.replicas, args.cpus_per_replica,
                           args.gpus_per_replica, args.max_pixels or MAX_PIXELS)
-    serve.start(app, args.host, args.port, args.address)
-    print(f"serving http://{args.host}:{args.port}/<dataset>/<category> (raybench-<dataset>-<category>@{args.alias} "
-          f"from {serve.absolute_uri(args.tracking_uri)}); Ctrl-C stops", flush=True)
+    handle = serve.start(app, args.host, args.port, args.address)
+    print(f"loading {len(served)} champion(s) from {uri} ...", flush=True)
+    warm_up(handle, [model_id for model_id, _, _ in served], log=lambda m: print(m, flush=True))
+    print(f"serving http://{args.host}:{args.port}/<dataset>/<category> (POST image bytes; ?map=png adds the map); "
+          f"Ctrl-C stops", flush=True)
+    for model_id, version, method in served:
+        print(f"  POST http://{args.host}:{args.port}/{model_id}   {method}, "
+              f"raybench-{model_id.replace('/', '-')} version {version} (@{args.alias})", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -52,6 +52,31 @@ def _error(status: int, message: str, **headers) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+MAP_FORMATS = ("png",)  # ?map=png; any other value is a 400
+
+
+def _access_logged(handler):
+    """The route in the access log (Serve's own says `POST /` for every route, its prefix) and
+    the query checks that are not about the image: an unknown `map` value is a 400."""
+    import functools
+    import logging
+    import time
+    log = logging.getLogger("ray.serve")
+
+    @functools.wraps(handler)
+    async def wrapper(self, request: Request):
+        start = time.perf_counter()
+        wanted = request.query_params.get("map")
+        if wanted is not None and wanted not in MAP_FORMATS:
+            response = _error(400, f"map={wanted!r} is not offered: use map=png (or no map)")
+        else:
+            response = await handler(self, request)
+        log.warning("%s %s %s %.1fms", request.method, request.url.path, response.status_code,
+                    1000 * (time.perf_counter() - start))
+        return response
+    return wrapper
+
+
 class CategoryScorer:
     """The deployment (see the module docstring). `max_models`: models kept per replica."""
 
@@ -89,6 +114,12 @@ class CategoryScorer:
                 out[i] = answer
         return out
 
+    async def warm(self, model_id: str) -> str:
+        """Load a model now (raybench.delivery.champions.warm_up at start)."""
+        det = await self.get_model(model_id)
+        return det.method
+
+    @_access_logged
     async def __call__(self, request: Request):
         from raybench.data.io import decode_image
         parts = [p for p in request.url.path.split("/") if p]
@@ -122,6 +153,7 @@ def build_app(tracking_uri: str | None = None, alias: str = "champion", replicas
     device = "cuda" if gpus_per_replica > 0 else "cpu"  # a replica without a GPU share never picks one up
     deployment = serve.deployment(CategoryScorer, name="raybench", num_replicas=replicas,
                                   max_ongoing_requests=64,  # >= the batch size, or batches never fill
+                                  logging_config={"enable_access_log": False},  # ours names the route
                                   ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
     return deployment.bind(absolute_uri(tracking_uri), alias, max_pixels, max_bytes, device)
 
