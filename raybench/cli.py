@@ -30,17 +30,6 @@ every trial in MLflow, register and serve the winners, write an HTML report.
   raybench report demo         one offline HTML page of the results"""
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Every flag says its default (unless its help already does, or it has none to say)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) \
-                and action.option_strings and action.nargs != 0:
-            text += f" (default: {action.default})"
-        return text
-
-
 def _dataset(text: str) -> str:
     from raybench.data import DATASETS
     from raybench.errors import unknown_name
@@ -60,9 +49,10 @@ def _add_common(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from raybench.console import HelpFormatter
     from raybench.data import DATASETS
     from raybench import __version__
-    parser = argparse.ArgumentParser(prog="raybench", description=DESCRIPTION, formatter_class=_Formatter,
+    parser = argparse.ArgumentParser(prog="raybench", description=DESCRIPTION, formatter_class=HelpFormatter,
                                      epilog="`raybench COMMAND -h` explains a command's flags.")
     parser.add_argument("--version", action="version", version=f"raybench {__version__}")
     _add_verbose(parser)
@@ -70,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parser = sub.add_parser
 
     def add_parser(name, **kw):
-        p = _add_parser(name, formatter_class=_Formatter, description=kw.get("help"), **kw)
+        p = _add_parser(name, formatter_class=HelpFormatter, description=kw.get("help"), **kw)
         _add_verbose(p)
         return p
     sub.add_parser = add_parser
@@ -140,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page: leaderboard, charts, the best runs' overlays")
     p.add_argument("dataset", help="the dataset whose experiment (raybench-DATASET) to report")
     p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    p.add_argument("--data-root", default=None, help="the dataset's folder, to draw the chosen runs' TEST pictures "
+                                                     "(default: none needed for demo)")
     _add_common(p)
 
     p = sub.add_parser("methods", help="list methods; with METHOD, its config fields: type, default, range, tuned?")
@@ -260,7 +252,7 @@ def cmd_leaderboard(args) -> int:
 def cmd_report(args) -> int:
     from raybench.reporting.report import write_report
     from raybench.tracking import require_existing_store
-    path = write_report(require_existing_store(args.tracking_uri), args.dataset, args.out)
+    path = write_report(require_existing_store(args.tracking_uri), args.dataset, args.out, args.data_root)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; opens offline: file://{path.resolve()})")
     return 0
 

@@ -11,6 +11,7 @@ workers too, which inherit them from the driver's processes).
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -47,3 +48,14 @@ def quiet(verbose: bool = False) -> None:
 def plain(text: str) -> str:
     """`text` without ANSI escape codes (for a pipe or a file, where they are noise)."""
     return ANSI.sub("", text)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """`raybench -h`: every flag says its default (unless its help already does, or it has none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) \
+                and action.option_strings and action.nargs != 0:
+            text += f" (default: {action.default})"
+        return text

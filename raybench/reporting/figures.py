@@ -191,7 +191,8 @@ def render_trial(out_dir, images, masks, labels, scores, maps, image_threshold, 
     histogram; every title names the split (`validation` in a trial, `test` once a run is chosen)."""
     out_dir = Path(out_dir)
     images = np.asarray(images)
-    title = f"{title} ({split})" if title else split
+    if split not in title:  # a trial's title may say "(validation split)" already
+        title = f"{title} ({split})" if title else split
     return [
         save_png(overlay_grid(images, masks, maps, labels, scores, image_threshold, pixel_threshold, title=title),
                  out_dir / OVERLAYS),
