@@ -144,3 +144,60 @@ def test_leaderboard_chart_marks_the_papers_numbers_on_their_bars():
     heights = sorted(round(p.get_height(), 3) for p in ax.patches)
     assert heights == [0.0, 0.7, 0.8, 0.9]  # screw has no rd run: an empty bar
     figures._plt().close(fig)
+
+
+def _inside(fig, artist) -> bool:
+    """The artist's drawn box lies within the figure's (nothing clipped at the edges)."""
+    fig.canvas.draw()
+    box, frame = artist.get_window_extent(), fig.bbox
+    return box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1 and box.y1 <= frame.y1 + 1
+
+
+def test_charts_read_correctly_titles_inside_auroc_axes_0_to_1_integer_trials():
+    """Issue 21: titles and legends inside the frame, AUROC axes 0..1, whole trial numbers, the
+    metric called validation's, no importances drawn for trials that tie."""
+    import optuna
+    from matplotlib.ticker import MaxNLocator
+    chart = figures.leaderboard_chart([(c, m, v, None) for c, m, v in (
+        ("disc", "patchcore", 0.91), ("disc", "cutpaste", 0.95), ("weave", "patchcore", 0.7))],
+        title="demo: test image AUROC of the run chosen on validation, a long title that must wrap")
+    ax = chart.axes[0]
+    assert ax.get_ylim() == (0, 1)
+    assert _inside(chart, chart._suptitle) and _inside(chart, chart.legends[0])
+    figures._plt().close(chart)
+
+    dist = {"sigma": optuna.distributions.FloatDistribution(1, 8)}
+    study = optuna.create_study(study_name="disc", direction="maximize")
+    for i, v in enumerate([0.8, 0.9, 0.85]):
+        study.add_trial(optuna.trial.create_trial(params={"sigma": 2.0 + i}, distributions=dist, value=v))
+    made = figures.study_figures(study, title="disc patchcore")
+    history = made["optimization_history"].axes[0]
+    assert history.get_ylim()[0] == 0 and history.get_ylim()[1] <= 1.02
+    assert "validation" in history.get_ylabel()
+    assert isinstance(history.xaxis.get_major_locator(), MaxNLocator)
+    assert all(float(t).is_integer() for t in history.get_xticks())
+    assert history.get_title(loc="left") == "" and "optimisation history" in history.get_title()
+    assert _inside(made["optimization_history"], history.title)
+    importances = made["param_importances"].axes[0]
+    assert importances.get_title(loc="left") == "" and "importances" in importances.get_title()
+    for fig in made.values():
+        figures._plt().close(fig)
+
+    tied = optuna.create_study(study_name="weave", direction="maximize")
+    for i in range(3):
+        tied.add_trial(optuna.trial.create_trial(params={"sigma": 2.0 + i}, distributions=dist, value=1.0))
+    made = figures.study_figures(tied, title="weave patchcore")
+    text = " ".join(t.get_text() for ax in made["param_importances"].axes for t in ax.texts)
+    assert "tie" in text and "no importances" in text
+    for fig in made.values():
+        figures._plt().close(fig)
+
+
+def test_trial_figures_name_their_split(tmp_path):
+    images, masks, labels, scores, maps = _toy(size=24)
+    curves_fig = figures.curves(labels, scores, masks, maps, title="disc patchcore (test)")
+    assert curves_fig._suptitle.get_text() == "disc patchcore (test)" and _inside(curves_fig, curves_fig._suptitle)
+    hist = figures.score_histogram(labels, scores, 0.5, title="disc patchcore (validation)")
+    assert "validation" in hist.axes[0].get_title()
+    for fig in (curves_fig, hist):
+        figures._plt().close(fig)
