@@ -41,8 +41,14 @@ def quiet(verbose: bool = False) -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore")  # library UserWarnings, FutureWarnings, DeprecationWarnings
+    # MLflow re-allows its own (`simplefilter("once")` inside its calls): drop them where shown
+    warnings.showwarning = _drop_warning
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _drop_warning(*args, **kwargs) -> None:
+    """Quiet mode's warnings.showwarning: nothing (`-v` keeps Python's)."""
 
 
 def plain(text: str) -> str:

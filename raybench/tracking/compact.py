@@ -21,7 +21,7 @@ def format_compact(rows, winners: dict) -> str:
     if not rows:
         return "(no finished runs)"
     datasets = sorted({r.dataset for r in rows})
-    head = (f"{'category':<14} {'method':<22} {'VAL img':>7} {'VAL pix':>7} | {'TEST img':>8} {'TEST pix':>8} "
+    head = (f"{'category':<14} {'method':<18} {'VAL img':>7} {'VAL pix':>7} | {'TEST img':>8} {'TEST pix':>8} "
             f"{'AUPRO':>6} | {'final seeds':>15} {'runs':>4}")
     lines = [f"dataset {', '.join(datasets)}: ranked by VAL (validation split); TEST = the chosen run on the "
              "untouched test split", head, "-" * len(head)]
@@ -29,7 +29,7 @@ def format_compact(rows, winners: dict) -> str:
         category = r.category if len(datasets) == 1 else f"{r.dataset}/{r.category}"
         mark = "*" if winners.get((r.dataset, r.category)) is r else " "
         final = f"{r.final_image_auroc_mean:.3f}±{r.final_image_auroc_std:.3f}" if r.final_n else "-"
-        lines.append(f"{category[:13]:<13}{mark} {_label(r)[:22]:<22} {_f(r.val_image_auroc, 7)} "
+        lines.append(f"{category[:13]:<13}{mark} {_label(r)[:18]:<18} {_f(r.val_image_auroc, 7)} "
                      f"{_f(r.val_pixel_auroc, 7)} | {_f(r.image_auroc, 8)} {_f(r.pixel_auroc, 8)} "
                      f"{_f(r.aupro, 6)} | {final:>15} {r.n_runs:>4}")
     settings = sorted({f"{r.budget or '?'} budget, weights {r.weights or '?'}, {r.image_size or '?'} px"
