@@ -73,3 +73,19 @@ def test_methods_lists_types_defaults_ranges_and_the_search_space(capsys):
     assert "float" in coreset and "in (0, 1]" in coreset and "tuned: 0.001..0.1 log" in coreset
     (size,) = [line for line in lines if line.startswith("image_size ")]
     assert "int" in size and "256" in size and size.rstrip().endswith("-")
+
+
+def test_the_leaderboard_fits_100_columns_and_says_who_wins_by_how_much():
+    from raybench.tracking import LeaderboardRow, format_leaderboard
+    rows = [LeaderboardRow("demo", c, m, "", v, 0.9, t, 0.9, 0.8, 3, f"run-{c}-{m}", run_name=f"{c}-{m}-a-very-long-run-name",
+                           budget="default", weights="imagenet", image_size="128", eval_resolution="128", n_test=50)
+            for c, m, v, t in (("disc", "patchcore", 0.875, 0.85), ("disc", "cutpaste", 0.917, 0.88),
+                               ("weave", "patchcore", 0.7, 0.72), ("weave", "cutpaste", 0.7, 0.69),
+                               ("stripes", "siamese-unet", 0.8, 0.8))]
+    rows[-1].variant = "synthetic"
+    text = format_leaderboard(rows)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "disc: cutpaste wins over patchcore: VAL img 0.917 vs 0.875 (+0.042); TEST img 0.880 vs 0.850" in text
+    assert "weave: patchcore ties with cutpaste" in text or "weave: cutpaste ties with patchcore" in text
+    assert "stripes: siamese-unet (synthetic) (the only method)" in text
+    assert "a-very-long-run-name" not in text and "a-very-long-run-name" in format_leaderboard(rows, wide=True)
