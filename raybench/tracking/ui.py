@@ -29,7 +29,7 @@ def ui_command(uri: str) -> str | None:
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
     mlflow = Path(sys.executable).with_name("mlflow")
     exe = str(mlflow) if mlflow.exists() else "mlflow"
-    return f"{shlex.quote(exe)} ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port 5000"
+    return f"{shlex.quote(exe)} ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port 5000 --workers 1"
 
 
 def runs_url(base: str, experiment_id: str, search_filter: str | None = None) -> str:
@@ -86,6 +86,8 @@ def where_to_look(uri: str, experiment_id: str, sweep_ids=(), winner_run_ids=(),
 def serve_ui(uri: str, port: int = 5000, log=print) -> int:
     """`raybench ui`: MLflow's UI for a local store on 127.0.0.1:`port` until Ctrl-C; a tracking
     server serves its own, so its address is printed instead. Returns the exit status."""
+    import os
+    import signal
     import subprocess
     command = ui_command(uri)
     if command is None:
@@ -94,12 +96,17 @@ def serve_ui(uri: str, port: int = 5000, log=print) -> int:
     argv = shlex.split(command)
     argv[argv.index("--port") + 1] = str(port)
     log(f"MLflow UI for {uri} at http://{LOOPBACK}:{port}/#/?workflowType=machine_learning (Ctrl-C stops)")
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its own process group: Ctrl-C here stops `mlflow ui` and its uvicorn worker together
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, err = proc.communicate()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         return 0
     if proc.returncode:
         log(f"mlflow ui stopped with status {proc.returncode}: {(err or '').strip().splitlines()[-1:] or ''}")
