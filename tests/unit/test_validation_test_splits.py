@@ -36,18 +36,18 @@ def rel(samples, cat):
 
 def test_real_split_is_stratified_disjoint_and_hashed(disc):
     split = make_split(disc, "real", 0.3, split_seed=0)
-    # demo: 16 good, 8 crack, 8 spot -> round(0.3 * n): 5 good, 2 + 2 anomalous in validation
+    # demo: 40 good, 16 crack, 16 spot -> round(0.3 * n): 12 good, 5 + 5 anomalous in validation
     kinds = lambda samples: sorted((s.defect_type, sum(1 for t in samples if t.defect_type == s.defect_type))
                                    for s in {s.defect_type: s for s in samples}.values())
-    assert kinds(split.validation) == [("crack", 2), ("good", 5), ("spot", 2)]
-    assert kinds(split.test) == [("crack", 6), ("good", 11), ("spot", 6)]
+    assert kinds(split.validation) == [("crack", 5), ("good", 12), ("spot", 5)]
+    assert kinds(split.test) == [("crack", 11), ("good", 28), ("spot", 11)]
     assert rel(split.validation, disc).isdisjoint(rel(split.test, disc))
     assert rel(split.validation, disc) | rel(split.test, disc) == rel(disc.test, disc)
     assert split.train == disc.train
     expected = hashlib.sha256("\n".join(sorted(rel(split.test, disc))).encode()).hexdigest()
     assert split.test_split_hash == expected
     p = split.params()
-    assert (p["n_val"], p["n_val_anomalous"], p["n_test"], p["n_test_anomalous"]) == (9, 4, 23, 12)
+    assert (p["n_val"], p["n_val_anomalous"], p["n_test"], p["n_test_anomalous"]) == (22, 10, 50, 22)
 
 
 def test_split_depends_on_dataset_category_and_seed_only(disc):
@@ -88,11 +88,11 @@ def test_few_shot_anomalies_come_from_validation_never_test(disc):
     assert rel(view.test, disc) == rel(split.validation, disc)
     drawn = draw_real_anomalies(view, 3, seed=0)
     assert rel(drawn, disc) <= rel(split.validation, disc) and rel(drawn, disc).isdisjoint(rel(split.test, disc))
-    with pytest.raises(ConfigError, match="offers 4 real anomalous images"):
-        draw_real_anomalies(view, 4, seed=0)  # one must stay to score validation
+    with pytest.raises(ConfigError, match="offers 10 real anomalous images"):
+        draw_real_anomalies(view, 10, seed=0)  # one must stay to score validation
     # left out of validation scoring
     _, _, labels = load_validation_set(split, 16, excluded=rel(drawn, disc))
-    assert len(labels) == 6 and labels.sum() == 1
+    assert len(labels) == 19 and labels.sum() == 7
 
 
 @pytest.mark.parametrize("method", ["cutpaste", "siamese-unet"])
@@ -200,8 +200,8 @@ def test_a_search_that_could_draw_too_many_real_anomalies_stops_before_any_trial
     space = load_search_space("siamese-unet")  # n_anomalies up to 10, anomaly_source real or synthetic
     config = from_dict(spec.config_cls, {"weights": "random"})
     assert spec.max_real_anomalies(config, space.distributions) == 10
-    splits = {"disc": make_split(disc)}  # 4 real anomalies in validation
-    with pytest.raises(ValueError, match="disc: trials may train on up to 10 real anomalies.*offers 4"):
+    splits = {"disc": make_split(disc)}  # 10 real anomalies in validation
+    with pytest.raises(ValueError, match="disc: trials may train on up to 10 real anomalies.*offers 10"):
         check_few_shot_pool(splits, spec.max_real_anomalies(config, space.distributions))
     three = from_dict(spec.config_cls, {"weights": "random", "n_anomalies": 3})  # as --set n_anomalies=3
     check_few_shot_pool(splits, spec.max_real_anomalies(three, space.without({"n_anomalies"}).distributions))
