@@ -288,7 +288,7 @@ def cmd_methods(args) -> int:
         for line in weights_choices():
             print(line)
         for name in method_names():
-            print(f"  {name:<13} {get_method(name).description}")
+            print(f"  {name + ':':<14} {get_method(name).description}")
         print("`raybench methods METHOD` lists a method's fields: type, default, range, tuned by its search space")
         return 0
     for line in describe_fields(args.method):
