@@ -218,6 +218,7 @@ def _print_where_to_look(args, since_ms: int, rows) -> None:
     `raybench report`, the Optuna storage."""
     from raybench import tracking
     from raybench.sweep.optuna_storage import storage_url
+    from raybench.sweep.storage import storage_root
     from raybench.sweep.summary import recent_sweep_ids
     from raybench.tracking.ui import where_to_look
     uri = tracking.tracking_uri(args.tracking_uri)
@@ -226,7 +227,7 @@ def _print_where_to_look(args, since_ms: int, rows) -> None:
     if exp is not None:
         winners = [row.run_id for row in tracking.winners(rows).values()]
         print("\n" + where_to_look(uri, exp.experiment_id, recent_sweep_ids(uri, name, since_ms), winners,
-                                   dataset=args.dataset, optuna_storage=storage_url(uri)))
+                                   dataset=args.dataset, optuna_storage=storage_url(uri, storage_root(args.storage))))
 
 
 def _spec(args, method: str, trials: int, overrides: dict):

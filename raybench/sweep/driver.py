@@ -227,7 +227,7 @@ def tune_trials(p: Prepared, log=print):
 def _optuna_recorder(p: Prepared, log):
     """Each category's search into the Optuna storage beside the MLflow store (optuna-dashboard)."""
     from raybench.sweep.optuna_storage import OptunaRecorder, storage_url
-    return OptunaRecorder(storage_url(p.uri), p.spec.dataset, p.spec.method, p.sweep_id, p.space, log)
+    return OptunaRecorder(storage_url(p.uri, p.root), p.spec.dataset, p.spec.method, p.sweep_id, p.space, log)
 
 
 def _run_tags(p: Prepared) -> dict:

@@ -1,5 +1,6 @@
 """Each category's Optuna search, persisted: an Optuna RDB storage beside the MLflow store
-(`sqlite:///DIR/optuna.db` next to `sqlite:///DIR/mlflow.db`; `./optuna.db` for any other store),
+(`sqlite:///DIR/optuna.db` next to `sqlite:///DIR/mlflow.db`; for a tracking server, in the local
+Ray Tune storage folder, else `./optuna.db`),
 written by the driver as each trial completes, so `optuna-dashboard sqlite:///DIR/optuna.db` shows
 the search live and after the fact. Tune's searcher keeps its own studies in memory (they steer);
 these are the record. One study per (dataset, method, category, sweep): `demo/patchcore/disc/<sweep id>`."""
@@ -13,10 +14,13 @@ from ray.tune import Callback
 from raybench.sweep.category_search import ERROR_REPORT, METRIC
 
 
-def storage_url(tracking_uri: str) -> str:
-    """Where the Optuna studies of a sweep that tracks into `tracking_uri` are kept."""
+def storage_url(tracking_uri: str, tune_root: str | None = None) -> str:
+    """Where the Optuna studies of a sweep that tracks into `tracking_uri` are kept: beside a
+    sqlite store; else beside the Ray Tune storage when it is a local folder; else ./optuna.db."""
     if tracking_uri.startswith("sqlite:///"):
         folder = Path(tracking_uri[len("sqlite:///"):]).expanduser().resolve().parent
+    elif tune_root and "://" not in tune_root:
+        folder = Path(tune_root).expanduser().resolve()
     else:
         folder = Path.cwd()
     return f"sqlite:///{folder / 'optuna.db'}"

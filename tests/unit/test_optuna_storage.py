@@ -35,3 +35,8 @@ def test_a_store_that_cannot_be_written_never_stops_the_sweep(tmp_path):
     for _ in range(2):
         rec.on_trial_complete(0, [], SimpleNamespace(config={"category": "disc"}, last_result={"val_image_auroc": 1}))
     assert len(said) == 1 and said[0].startswith("WARNING: Optuna storage")
+
+
+def test_a_tracking_server_keeps_the_studies_beside_the_local_tune_storage(tmp_path):
+    assert storage_url("http://10.0.0.5:5000", str(tmp_path / "ray")) == f"sqlite:///{tmp_path / 'ray' / 'optuna.db'}"
+    assert storage_url("http://10.0.0.5:5000", "s3://bucket/ray").endswith("/optuna.db")  # ./optuna.db
