@@ -38,6 +38,17 @@ class OptunaRecorder(Callback):
         self.distributions = dict(space.distributions)
         self.log, self._storage, self._studies, self._warned = log, None, {}, False
 
+    def __getstate__(self):
+        """Tune pickles its callbacks with the experiment: the open storage and the log function
+        stay behind (reopened, and `print`, after a restore)."""
+        state = dict(self.__dict__)
+        state.update(_storage=None, _studies={}, log=None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.log = self.log or print
+
     def _study(self, category: str):
         import optuna
         if self._storage is None:

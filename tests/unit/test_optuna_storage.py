@@ -40,3 +40,17 @@ def test_a_store_that_cannot_be_written_never_stops_the_sweep(tmp_path):
 def test_a_tracking_server_keeps_the_studies_beside_the_local_tune_storage(tmp_path):
     assert storage_url("http://10.0.0.5:5000", str(tmp_path / "ray")) == f"sqlite:///{tmp_path / 'ray' / 'optuna.db'}"
     assert storage_url("http://10.0.0.5:5000", "s3://bucket/ray").endswith("/optuna.db")  # ./optuna.db
+
+
+def test_the_recorder_pickles_as_tune_saves_its_callbacks(tmp_path):
+    import pickle
+
+    import ray.cloudpickle
+
+    url = storage_url(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    space = SearchSpace("patchcore", {"sigma": optuna.distributions.FloatDistribution(1, 8)}, {}, "")
+    rec = OptunaRecorder(url, "demo", "patchcore", "s1", space, log=lambda m: None)
+    rec.record({"category": "disc", "sigma": 2.0}, {"val_image_auroc": 0.8})  # an open storage inside
+    again = pickle.loads(ray.cloudpickle.dumps(rec))
+    again.record({"category": "disc", "sigma": 3.0}, {"val_image_auroc": 0.7})
+    assert len(optuna.load_study(study_name="demo/patchcore/disc/s1", storage=url).trials) == 2
