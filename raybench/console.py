@@ -34,8 +34,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def quiet(verbose: bool = False) -> None:
     """Silence library noise for this process and the Ray workers it starts (see module docstring)."""
-    if not sys.stdout.isatty():
+    if not sys.stdout.isatty():  # a pipe or a file: no colour codes, ours or Ray's worker prefixes
         os.environ.setdefault("NO_COLOR", "1")
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if verbose:
         return
     for key, value in QUIET_ENV.items():
