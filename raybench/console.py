@@ -28,6 +28,7 @@ QUIET_ENV = {
     "RAY_DEDUP_LOGS": "1",
     "TQDM_DISABLE": "1",
     "MLFLOW_LOGGING_LEVEL": "ERROR",
+    "RAYBENCH_QUIET": "1",  # read by quiet_mode(): e.g. the sweep keeps Ray's worker output off the console
 }
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -46,6 +47,11 @@ def quiet(verbose: bool = False) -> None:
     warnings.showwarning = _drop_warning
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_mode() -> bool:
+    """Whether this process was asked to be quiet (the CLI without -v)."""
+    return os.environ.get("RAYBENCH_QUIET") == "1"
 
 
 def _drop_warning(*args, **kwargs) -> None:

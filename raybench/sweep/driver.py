@@ -156,7 +156,11 @@ def _start_ray(spec: SweepSpec, log) -> None:
     import ray
     if ray.is_initialized():
         return
-    init = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+    from raybench.console import quiet_mode
+    # quiet (the CLI without -v): the trials' own output (library warnings, a worker's shutdown
+    # traceback when Tune ends it) stays in Ray's log files; a failed trial's error is in its MLflow run
+    init = dict(include_dashboard=False, log_to_driver=not quiet_mode(),
+                runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
     if spec.address:
         ray.init(address=spec.address, **init)
     else:  # private to this machine: loopback, token auth, never a stranger's cluster
