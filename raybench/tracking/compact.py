@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 WIDTH = 100
+TIE = 5e-4  # validation AUROCs closer than this print alike (3 decimals): a tie
 
 
 def _f(x: float, width: int) -> str:
@@ -51,8 +52,15 @@ def winner_lines(rows, winners: dict) -> list[str]:
             continue
         runner = max(others, key=lambda r: r.val_image_auroc)
         gap = best.val_image_auroc - runner.val_image_auroc
-        verdict = "ties with" if gap == 0 else "wins over"
-        out.append(f"  {category}: {_label(best)} {verdict} {_label(runner)}: VAL img {best.val_image_auroc:.3f} vs "
-                   f"{runner.val_image_auroc:.3f} ({gap:+.3f}); TEST img {best.image_auroc:.3f} vs "
-                   f"{runner.image_auroc:.3f}")
+        test = f"TEST img {best.image_auroc:.3f} vs {runner.image_auroc:.3f}"
+        if abs(gap) < TIE:  # the ranking's tie-break decided: say so, and by what
+            pix = best.val_pixel_auroc - runner.val_pixel_auroc
+            how = (f"ahead on VAL pix {best.val_pixel_auroc:.3f} vs {runner.val_pixel_auroc:.3f}"
+                   if abs(pix) >= TIE else "a full tie")
+            out.append(f"  {category}: {_label(best)} ties with {_label(runner)} on VAL img "
+                       f"{best.val_image_auroc:.3f}, {how};")
+            out.append(f"    {test}")
+            continue
+        out.append(f"  {category}: {_label(best)} wins over {_label(runner)}: VAL img {best.val_image_auroc:.3f} vs "
+                   f"{runner.val_image_auroc:.3f} ({gap:+.3f}); {test}")
     return out
