@@ -11,6 +11,7 @@ import math
 
 from raybench import tracking
 
+TIE = 5e-4  # VAL image AUROCs closer than this (3 decimals alike) tie: no highlight (tracking.compact)
 SKIP_PARAMS = {"seed", "weights", "image_size", "backbone", "saliency_net"}  # shown in their own columns
 
 
@@ -55,7 +56,7 @@ def true_winners(rows) -> set[str]:
     out = set()
     for (dataset, category), row in best.items():
         others = [r.val_image_auroc for r in rows if (r.dataset, r.category) == (dataset, category) and r is not row]
-        if others and all(row.val_image_auroc > v for v in others if not math.isnan(v)):
+        if others and all(row.val_image_auroc - v >= TIE for v in others if not math.isnan(v)):
             out.add(row.run_id)
     return out
 
