@@ -6,10 +6,11 @@ config, search space, tracking, storage: nothing ran); 3 a sweep ended with FAIL
 143 the same on SIGTERM. `raybench serve` drains and exits 0 on either."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
+
+from raybench.cli_parser import build_parser
 
 
 
@@ -17,146 +18,23 @@ EXIT_OK, EXIT_UNREADABLE, EXIT_USAGE, EXIT_TRIALS_FAILED, EXIT_NO_MODEL, EXIT_IN
 EXIT_TERMINATED = 143  # SIGTERM: stopped as Ctrl-C stops; 128 + 15, as a shell reports it
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_common(p):
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from raybench.data import DATASETS
-    from raybench import __version__
-    parser = argparse.ArgumentParser(prog="raybench", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"raybench {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("sweep", help="tune a method per category and track every trial in MLflow")
-    p.add_argument("dataset", choices=DATASETS, help="dataset layout (demo is built in)")
-    p.add_argument("--data-root", default=None, help="dataset folder (not needed for demo)")
-    p.add_argument("--categories", default="all", help="comma list or 'all'")
-    p.add_argument("--method", default="patchcore", help="a method, a comma list, or 'all' (see `raybench methods`)")
-    p.add_argument("--trials", type=_positive_int, default=None, help="trials per category (demo: 4, else 8)")
-    p.add_argument("--search-space", default=None, help="YAML file (default search_spaces/<method>.yaml)")
-    _add_common(p)
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
-    p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default: 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="fractions pack several trials on one GPU (default: 1 if the Ray cluster has GPUs, else 0)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="Ray Train DDP workers per trial")
-    p.add_argument("--seed", type=int, default=0, help="seeds the methods and each category's Optuna sampler (default: 0)")
-    p.add_argument("--weights", default=None, help="imagenet | random | PATH (demo: random)")
-    p.add_argument("--budget", default="default", choices=("smoke", "default", "paper"),
-                   help="epochs and sizes: smoke (seconds), default, paper (the papers' settings)")
-    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="fix a config field for every trial (repeatable)")
-    p.add_argument("--storage", default=None, help="Ray Tune storage (default ./.raybench/ray_results; $RAYBENCH_STORAGE)")
-    p.add_argument("--sweep-id", default=None, help="name this sweep (default: time + random suffix); with --resume, which one")
-    p.add_argument("--resume", action="store_true", help="finish the latest (or --sweep-id) sweep")
-    p.add_argument("--asha", action="store_true", help="ASHA early stopping (trained methods; epochs as resource)")
-    p.add_argument("--max-concurrent", type=_positive_int, default=None, help="at most this many trials at once (default: as resources allow)")
-    p.add_argument("--kind", dest="kinds", action="append", metavar="CATEGORY=object|texture",
-                   help="what a category is (default: MVTec AD's texture names are textures, the rest objects); "
-                        "synthesis keeps to an object's foreground (repeatable)")
-    p.add_argument("--no-register", action="store_true",
-                   help="skip registering each category's best run (raybench-<dataset>-<category>@champion)")
-    p.add_argument("--no-figures", dest="figures", action="store_false",
-                   help="skip each trial's overlay grid, ROC/PR curves and score histogram (MLflow artifacts)")
-    p.add_argument("--val-split", type=float, default=0.3,
-                   help="validation share: of the test images per defect type and of the good ones (real), "
-                        "or of the training normals (synthetic); default 0.3 (crossfit: halves)")
-    p.add_argument("--val-mode", default="crossfit", choices=("crossfit", "real", "synthetic"),
-                   help="crossfit (default): the test split in two folds, each fold's choice reported on the "
-                        "other (every test image reported once); real: a validation share of the test images; "
-                        "synthetic: held-out normals + synthetic anomalies (docs/protocol.md)")
-    p.add_argument("--val-normals", type=float, default=0.1,
-                   help="share of the training normals held out into validation's good side (crossfit, real; "
-                        "default 0.1)")
-    p.add_argument("--few-shot-pool", type=int, default=None,
-                   help="real anomalies set aside for few-shot training, scored by no method (default: the most "
-                        "n_anomalies any method of this command may draw; 0 when none trains on real anomalies)")
-    p.add_argument("--accept-weak-validation", action="store_true",
-                   help="run even when a category's validation is too small to rank trials (default: stop, "
-                        "saying what to change)")
-    p.add_argument("--select", default="category", choices=("category", "dataset"),
-                   help="category (default): a configuration per category; dataset: one configuration for "
-                        "all categories by mean validation (the papers' protocol: one study, each trial "
-                        "trains every category)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation/test split")
-    p.add_argument("--final-seeds", type=int, default=None,
-                   help="retrain each category's chosen config with N new seeds; test mean +- std (demo: 2, else 0)")
-
-    p = sub.add_parser("leaderboard", help="per category x method: chosen on validation, test beside it")
-    p.add_argument("dataset", nargs="?", default=None, help="only this dataset's experiment (default: every raybench-* experiment)")
-    p.add_argument("--all-sweeps", action="store_true", help="every sweep (default: the latest one)")
-    p.add_argument("--sweep-id", default=None, help="this sweep (default: the latest one)")
-    p.add_argument("--format", default="table", choices=("table", "json", "csv"),
-                   help="table (default, for people), json (a list of rows: test figures with 95%% bootstrap "
-                        "intervals, tied_with_best, final seeds' mean/std; NaN as null) or csv (an interval "
-                        "as _low/_high columns)")
-    _add_common(p)
-
-    p = sub.add_parser("predict", help="score images with the best model of a category")
-    p.add_argument("images", nargs="+", help="image files or folders of them")
-    p.add_argument("--dataset", default=None, help="take the best run of this dataset only (default: any)")
-    p.add_argument("--category", required=True, help="the product category whose best model scores the images")
-    p.add_argument("--method", default=None, help="take the best run of this method only (default: any)")
-    p.add_argument("--out", default=None,
-                   help="folder for anomaly maps at each image's size (.npy, .png), defect masks (_mask.png) "
-                        "and colour overlays (_overlay.png: heat map, predicted outline, score and verdict)")
-    _add_common(p)
-
-    p = sub.add_parser("report", help="one self-contained HTML page: leaderboard, charts, the best runs' overlays")
-    p.add_argument("dataset", help="the dataset whose experiment (raybench-DATASET) to report")
-    p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
-    _add_common(p)
-
-    p = sub.add_parser("methods", help="list methods and their config fields")
-
-    p = sub.add_parser("register", help="register each category's best run in the MLflow Model Registry (alias champion)")
-    p.add_argument("dataset")
-    p.add_argument("--categories", default=None, help="comma list (default: every category with finished runs)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default raybench-<dataset>)")
-    _add_common(p)
-
-    p = sub.add_parser("serve", help="one Ray Serve endpoint for every registered category: POST /<dataset>/<category>")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--cpus-per-replica", type=float, default=1.0)
-    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="fractions share a GPU between replicas")
-    p.add_argument("--alias", default="champion", help="registered model alias to serve")
-    p.add_argument("--max-pixels", type=int, default=None, help="largest image accepted (default 50 megapixels)")
-    p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster; default local)")
-    _add_common(p)
-
-    p = sub.add_parser("export", help="the best model of a category as one ONNX graph, checked against torch")
-    p.add_argument("dataset")
-    p.add_argument("category")
-    p.add_argument("--format", default="onnx", choices=("onnx",))
-    p.add_argument("--out", required=True, help="folder for model.onnx and raybench-onnx.json")
-    p.add_argument("--method", default=None)
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
-    _add_common(p)
-    return parser
-
-
 def cmd_sweep(args) -> int:
     from raybench.delivery.registry import register
-    from raybench.methods import method_names
+    from raybench.methods import get_method, method_names
     from raybench.sweep.driver import run_sweep
-    from raybench.sweep.plan import (DEFAULT_TRIALS, new_sweep_id, overrides_per_method, parse_set, preset_default,
-                                     real_anomaly_need)
+    from raybench.evaluation.splits import DEFAULT_VAL_MODE
+    from raybench.sweep.plan import (DEFAULT_METHOD, DEFAULT_TRIALS, new_sweep_id, overrides_per_method, parse_set,
+                                     preset_default, real_anomaly_need)
     from raybench.sweep.search_space import load_search_space
     from raybench.tracking import format_leaderboard
     trials = args.trials or preset_default(args.dataset, "trials", DEFAULT_TRIALS)
-    methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
+    args.method = args.method or preset_default(args.dataset, "method", DEFAULT_METHOD)
+    args.val_mode = args.val_mode or preset_default(args.dataset, "val_mode", DEFAULT_VAL_MODE)
+    _refuse_empty_names("--categories", args.categories)
+    _refuse_empty_names("--method", args.method)
+    methods = method_names() if args.method == "all" else [m.strip() for m in args.method.split(",")]
+    for name in methods:
+        get_method(name)  # an unknown name fails here, with a suggestion
     if args.search_space and len(methods) > 1:
         raise ValueError("--search-space names one method's file: use it with a single --method")
     overrides = overrides_per_method(methods, parse_set(args.overrides))
@@ -178,7 +56,7 @@ def cmd_sweep(args) -> int:
         for reg in register(args.dataset, sorted({r.category for r in rows}), args.tracking_uri,
                             experiment=args.experiment):
             print(f"  {reg}")
-    _print_where_to_look(args, started_ms)
+    _print_where_to_look(args, started_ms, rows)
     if failed:
         print(f"raybench: {failed} of {total} trial(s) FAILED (each run's `error` tag in MLflow says why)",
               file=sys.stderr)
@@ -186,16 +64,26 @@ def cmd_sweep(args) -> int:
     return EXIT_OK
 
 
-def _print_where_to_look(args, since_ms: int) -> None:
-    """The sweep's last lines: how to open the MLflow UI on the runs this command made."""
+def _refuse_empty_names(flag: str, text: str | None) -> None:
+    if text is not None and not all(name.strip() for name in text.split(",")):
+        raise ValueError(f"{flag} {text!r}: an empty name (a stray comma?)")
+
+
+def _print_where_to_look(args, since_ms: int, rows) -> None:
+    """The sweep's last lines: `raybench ui`, the runs this command made, the winners compared,
+    `raybench report`, the Optuna storage."""
     from raybench import tracking
+    from raybench.sweep.optuna_storage import storage_url
+    from raybench.sweep.storage import storage_root
     from raybench.sweep.summary import recent_sweep_ids
     from raybench.tracking.ui import where_to_look
     uri = tracking.tracking_uri(args.tracking_uri)
     name = tracking.experiment_name(args.dataset, args.experiment)
     exp = tracking.client(uri).get_experiment_by_name(name)
     if exp is not None:
-        print("\n" + where_to_look(uri, exp.experiment_id, recent_sweep_ids(uri, name, since_ms)))
+        winners = [row.run_id for row in tracking.winners(rows).values()]
+        print("\n" + where_to_look(uri, exp.experiment_id, recent_sweep_ids(uri, name, since_ms), winners,
+                                   dataset=args.dataset, optuna_storage=storage_url(uri, storage_root(args.storage))))
 
 
 def _spec(args, method: str, trials: int, overrides: dict):
@@ -217,15 +105,17 @@ def cmd_leaderboard(args) -> int:
     from raybench.tracking.export import to_csv, to_json
     rows = leaderboard(require_existing_store(args.tracking_uri), args.dataset,
                        sweep_id=args.sweep_id, all_sweeps=args.all_sweeps)
-    writer = {"table": format_leaderboard, "json": to_json, "csv": to_csv}[args.format]
-    print(writer(rows), end="" if args.format == "csv" else "\n")
+    if args.format == "table":
+        print(format_leaderboard(rows, wide=args.wide))
+    else:
+        print({"json": to_json, "csv": to_csv}[args.format](rows), end="" if args.format == "csv" else "\n")
     return 0
 
 
 def cmd_report(args) -> int:
     from raybench.reporting.report import write_report
     from raybench.tracking import require_existing_store
-    path = write_report(require_existing_store(args.tracking_uri), args.dataset, args.out)
+    path = write_report(require_existing_store(args.tracking_uri), args.dataset, args.out, args.data_root)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; opens offline: file://{path.resolve()})")
     return 0
 
@@ -254,27 +144,31 @@ def cmd_predict(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    import dataclasses
-
     from raybench.methods import get_method, method_names
-    from raybench.config import field_types, literal_choices
+    from raybench.sweep.fields import describe_fields
     from raybench.models.weights import weights_choices
-    for line in weights_choices():
+    if args.method is None:
+        for line in weights_choices():
+            print(line)
+        for name in method_names():
+            print(f"  {name + ':':<14} {get_method(name).description}")
+        print("`raybench methods METHOD` lists a method's fields: type, default, range, tuned by its search space")
+        return 0
+    for line in describe_fields(args.method):
         print(line)
-    for name in method_names():
-        spec = get_method(name)
-        print(f"{name}: {spec.description}")
-        types = field_types(spec.config_cls)
-        for f in dataclasses.fields(spec.config_cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            choices = literal_choices(types[f.name])
-            print(f"    {f.name} = {default!r}" + (f"  (one of {list(choices)})" if choices else ""))
     return 0
+
+
+def cmd_ui(args) -> int:
+    from raybench.tracking import require_existing_store
+    from raybench.tracking.ui import serve_ui
+    return serve_ui(require_existing_store(args.tracking_uri), args.port, log=lambda m: print(m, flush=True))
 
 
 def cmd_register(args) -> int:
     from raybench.delivery.registry import register
-    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    _refuse_empty_names("--categories", args.categories)
+    categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
     done = register(args.dataset, categories, args.tracking_uri, experiment=args.experiment)
     for reg in done:
         print(reg)
@@ -288,12 +182,23 @@ def cmd_serve(args) -> int:
     import time
 
     from raybench.delivery import serve
+    from raybench.delivery.champions import champions, warm_up
     from raybench.data.io import MAX_PIXELS
+    uri = serve.absolute_uri(args.tracking_uri)
+    served = champions(uri, args.alias)
+    if not served:
+        print(f"raybench: no registered raybench-<dataset>-<category>@{args.alias} in {uri} yet (`raybench register "
+              f"DATASET` after a sweep); serving anyway, models load on first use", file=sys.stderr)
     app = serve.build_app(args.tracking_uri, args.alias, args.replicas, args.cpus_per_replica,
                           args.gpus_per_replica, args.max_pixels or MAX_PIXELS)
-    serve.start(app, args.host, args.port, args.address)
-    print(f"serving http://{args.host}:{args.port}/<dataset>/<category> (raybench-<dataset>-<category>@{args.alias} "
-          f"from {serve.absolute_uri(args.tracking_uri)}); Ctrl-C stops", flush=True)
+    handle = serve.start(app, args.host, args.port, args.address)
+    print(f"loading {len(served)} champion(s) from {uri} ...", flush=True)
+    warm_up(handle, [model_id for model_id, _, _ in served], log=lambda m: print(m, flush=True))
+    print(f"serving http://{args.host}:{args.port}/<dataset>/<category> (POST image bytes; ?map=png adds the map); "
+          f"Ctrl-C stops", flush=True)
+    for model_id, version, method in served:
+        print(f"  POST http://{args.host}:{args.port}/{model_id}   {method}, "
+              f"raybench-{model_id.replace('/', '-')} version {version} (@{args.alias})", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -321,11 +226,17 @@ def cmd_export(args) -> int:
 
 def main(argv=None) -> int:
     from raybench.errors import RaybenchError, SweepInterrupted
+    from raybench.console import quiet
     from raybench.local_ray import sigterm_as_interrupt, terminated
     sigterm_as_interrupt()  # systemd, `timeout`, Kubernetes, docker stop: stop as Ctrl-C stops
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `raybench`: what it does and how to start
+        parser.print_help()
+        return EXIT_OK
+    quiet(getattr(args, "verbose", False))
     handler = {"sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "predict": cmd_predict,
-               "methods": cmd_methods, "export": cmd_export,
+               "methods": cmd_methods, "export": cmd_export, "ui": cmd_ui,
                "register": cmd_register, "serve": cmd_serve, "report": cmd_report}[args.command]
     try:
         return handler(args)

@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any
 
-from raybench.errors import ConfigError
+from raybench.errors import ConfigError, did_you_mean, unknown_name
 
 
 def ranged(default=dataclasses.MISSING, low=None, high=None, *, low_open: bool = False,
@@ -63,6 +63,19 @@ def _base_types(tp) -> tuple:
     return (tp,)
 
 
+def type_name(tp) -> str:
+    """A field type in plain words: float, int, str, list, 'one of a, b', 'str or None'."""
+    choices = literal_choices(tp)
+    if choices is not None:
+        return "one of " + ", ".join(map(str, choices))
+    names = []
+    for t in _base_types(tp):
+        name = "None" if t is type(None) else ("list" if t in (list, tuple) else getattr(t, "__name__", str(t)))
+        if name not in names:
+            names.append(name)
+    return " or ".join(names)
+
+
 def literal_choices(tp) -> tuple | None:
     return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
 
@@ -72,7 +85,8 @@ def coerce(name: str, value, tp):
     choices = literal_choices(tp)
     if choices is not None:
         if value not in choices:
-            raise ConfigError(f"{name}: {value!r} is not one of {list(choices)}")
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}"
+                          f"{did_you_mean(value, choices)}")
         return value
     allowed = _base_types(tp)
     if value is None and type(None) in allowed:
@@ -84,7 +98,7 @@ def coerce(name: str, value, tp):
     if isinstance(value, tuple) and list in allowed:
         return list(value)
     if not isinstance(value, tuple(t for t in allowed if isinstance(t, type))):
-        raise ConfigError(f"{name}: expected {tp}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{name}: expected {type_name(tp)}, got {value!r} ({type(value).__name__})")
     if int in allowed and isinstance(value, bool) and bool not in allowed:
         raise ConfigError(f"{name}: expected a number, got {value!r}")
     return value
@@ -95,8 +109,8 @@ def from_dict(config_cls, values: dict, *, method: str = ""):
     types_ = field_types(config_cls)
     unknown = sorted(set(values) - set(types_))
     if unknown:
-        raise ConfigError(f"{method or config_cls.__name__}: unknown parameter(s) {unknown}; "
-                          f"known: {sorted(types_)}")
+        raise ConfigError("; ".join(f"{method or config_cls.__name__}: " + unknown_name("parameter", k, sorted(types_))
+                                    for k in unknown))
     config = config_cls(**{k: coerce(k, v, types_[k]) for k, v in values.items()})
     for name, bounds in field_ranges(config_cls).items():  # given values and defaults alike
         check_range(name, getattr(config, name), bounds)

@@ -98,11 +98,16 @@ class Detector:
         return "anomalous" if score >= cut else "normal"
 
     def map_image(self, amap: np.ndarray) -> Image.Image:
-        """An anomaly map as an 8-bit grey picture on one scale for every image: black 0, mid-grey
-        at the pixel cut, white at twice it (without a cut: the map's own maximum is white)."""
+        """An anomaly map as an 8-bit grey picture on one scale for every image: black at half the
+        pixel cut, mid-grey at the cut, white at one and a half times it (a map's calm baseline
+        sits near black, a defect stands out); without a cut, the map's own span."""
         cut = self.pixel_threshold
-        scale = 2 * cut if cut else float(amap.max()) or 1.0
-        return Image.fromarray((np.clip(amap / scale, 0, 1) * 255).astype(np.uint8))
+        if cut and cut > 0:
+            low, high = 0.5 * cut, 1.5 * cut
+        else:
+            low, high = float(amap.min()), float(amap.max())
+            high = high if high > low else low + 1.0
+        return Image.fromarray((np.clip((amap - low) / (high - low), 0, 1) * 255).round().astype(np.uint8))
 
     @torch.no_grad()
     def predict(self, images, batch_size: int = 32, map_size: str = "model"):

@@ -43,3 +43,15 @@ class ImageInputError(RaybenchError):
     def __init__(self, problem: str, status: int = 400):
         self.problem, self.status = problem, status
         super().__init__(problem)
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean X?)' for a near miss among `known` (difflib), else ''."""
+    import difflib
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_name(what: str, name: str, known) -> str:
+    """'unknown method patchcor (did you mean patchcore?); known: a, b' in plain words."""
+    return f"unknown {what} {name!r}{did_you_mean(name, known)}; known: {', '.join(str(k) for k in known)}"

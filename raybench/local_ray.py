@@ -73,6 +73,9 @@ def start_local_ray(log=print, **init_kwargs):
     before, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     try:
         context = init_ray(address="local", _node_ip_address=LOOPBACK, **init_kwargs)
+    except Exception as err:  # Ray says "timed out during startup" and the like: plain words, no traceback
+        raise RaybenchError(f"the local Ray did not start ({str(err).splitlines()[0][:200]}); on a busy machine, "
+                            f"wait and run the same command again") from None
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
     node_ip = context.address_info["node_ip_address"]

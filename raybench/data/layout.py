@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raybench.data.io import IMAGE_SUFFIXES, check_image
-from raybench.errors import DatasetError
+from raybench.errors import DatasetError, unknown_name
 
 GOOD = "good"
 # MVTec AD's texture categories; everything else is treated as an object (synthesis stays inside
@@ -128,8 +128,10 @@ def select_categories(available: list[str], wanted: str | list[str] | None, root
         if not available:
             raise DatasetError(root, "no categories found")
         return list(available)
-    names = [w.strip() for w in (wanted.split(",") if isinstance(wanted, str) else wanted) if w.strip()]
+    names = [w.strip() for w in (wanted.split(",") if isinstance(wanted, str) else wanted)]
+    if not all(names):
+        raise DatasetError(root, f"empty category name in {wanted!r} (a stray comma?); available: {', '.join(available)}")
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise DatasetError(root, f"unknown categories {unknown}; available: {available}")
+        raise DatasetError(root, "; ".join(unknown_name("category", n, available) for n in unknown))
     return names

@@ -60,6 +60,31 @@ def _error(status: int, message: str, **headers) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+MAP_FORMATS = ("png",)  # ?map=png; any other value is a 400
+
+
+def _access_logged(handler):
+    """The route in the access log (Serve's own says `POST /` for every route, its prefix) and
+    the query checks that are not about the image: an unknown `map` value is a 400."""
+    import functools
+    import logging
+    import time
+    log = logging.getLogger("ray.serve")
+
+    @functools.wraps(handler)
+    async def wrapper(self, request: Request):
+        start = time.perf_counter()
+        wanted = request.query_params.get("map")
+        if wanted is not None and wanted not in MAP_FORMATS:
+            response = _error(400, f"map={wanted!r} is not offered: use map=png (or no map)")
+        else:
+            response = await handler(self, request)
+        log.warning("%s %s %s %.1fms", request.method, request.url.path, response.status_code,
+                    1000 * (time.perf_counter() - start))
+        return response
+    return wrapper
+
+
 class CategoryScorer:
     """The deployment (see the module docstring); build_app gives it `get_model`, multiplexed with
     its `max_models` (models kept per replica, least recently used out)."""
@@ -142,6 +167,12 @@ class CategoryScorer:
         async with self._decodes:
             return await asyncio.to_thread(decode_image, body, self.max_pixels, self.max_decoded_bytes)
 
+    async def warm(self, model_id: str) -> str:
+        """Load a model now (raybench.delivery.champions.warm_up at start)."""
+        det = await self.get_model(model_id)
+        return det.method
+
+    @_access_logged
     async def __call__(self, request: Request):
         parts = [p for p in request.url.path.split("/") if p]
         if len(parts) != 2:
@@ -250,6 +281,7 @@ def build_app(tracking_uri: str | None = None, alias: str = "champion", replicas
     device = "cuda" if gpus_per_replica > 0 else "cpu"  # a replica without a GPU share never picks one up
     deployment = serve.deployment(scorer_class(max_models), name="raybench", num_replicas=replicas,
                                   max_ongoing_requests=64,  # >= the batch size, or batches never fill
+                                  logging_config={"enable_access_log": False},  # ours names the route
                                   ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
     return deployment.bind(absolute_uri(tracking_uri), alias, max_pixels, max_bytes, device, max_decodes,
                            max_decoded_bytes)

@@ -6,7 +6,8 @@ from raybench.methods.base import _REGISTRY, FitResult, MethodSpec  # noqa: F401
 
 def get_method(name: str) -> MethodSpec:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
+        from raybench.errors import ConfigError, unknown_name
+        raise ConfigError(unknown_name("method", name, sorted(_REGISTRY)))
     return _REGISTRY[name]
 
 

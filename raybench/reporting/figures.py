@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raybench.reporting.overlay import _as_hwc, _cut, predict_overlay  # noqa: F401  (predict's pictures live there)
+
 FIGURES_DIR = "figures"  # beside `detector/` in a trial's checkpoint, and the MLflow artifact folder
 OVERLAYS, CURVES, HISTOGRAM = "overlays.png", "curves.png", "score_histogram.png"
 MAX_CURVE_PIXELS = 2_000_000  # pixel curves on an even stride of at most this many pixels: cheap, same shape
@@ -22,10 +24,6 @@ def _plt():
     matplotlib.use("Agg", force=False)  # no display in a trial; an interactive caller keeps its own
     import matplotlib.pyplot as plt
     return plt
-
-
-def _cut(value) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
 
 
 @dataclass
@@ -61,20 +59,6 @@ def select_examples(labels, scores, image_threshold, n_missed: int = 3, n_false_
         correct += pair
     correct += hits[len(correct) // 2:] + calm[len(correct) // 2:]
     return Selection(missed, false_alarms, correct[:n_correct])
-
-
-def _as_hwc(image) -> np.ndarray:
-    """(3, H, W) or (H, W, 3) or (H, W), any float/uint8 -> (H, W, 3) float in [0, 1]."""
-    a = np.asarray(image, dtype=np.float32)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    if a.max(initial=0) > 1.0:
-        a = a / 255.0
-    return np.clip(a, 0.0, 1.0)
 
 
 def overlay_grid(images, masks, maps, labels, scores, image_threshold, pixel_threshold,
@@ -137,7 +121,7 @@ def curves(labels, scores, masks=None, maps=None, title: str = ""):
     levels = [("image", np.asarray(labels).astype(bool).ravel(), np.asarray(scores, dtype=np.float64).ravel())]
     if masks is not None and maps is not None:
         levels.append(("pixel", *_pixel_sample(masks, maps)))
-    fig, axes = plt.subplots(2, len(levels), figsize=(4.2 * len(levels), 8), squeeze=False)
+    fig, axes = plt.subplots(2, len(levels), figsize=(4.2 * len(levels), 8), squeeze=False, layout="constrained")
     for col, (level, truth, values) in enumerate(levels):
         roc_ax, pr_ax = axes[0, col], axes[1, col]
         if truth.min() == truth.max():
@@ -160,9 +144,13 @@ def curves(labels, scores, masks=None, maps=None, title: str = ""):
             ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
             ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(_wrap(title, 40 * len(levels)), fontsize=10)
     return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def score_histogram(labels, scores, image_threshold, title: str = ""):
@@ -178,10 +166,16 @@ def score_histogram(labels, scores, image_threshold, title: str = ""):
     ax.hist(scores[labels], bins=edges, alpha=0.6, color="tab:red", label=f"defective ({labels.sum()})")
     if cut is not None:
         ax.axvline(cut, color="black", ls="--", lw=1.2, label=f"cut {cut:.4g}")
-    ax.set(xlabel="image anomaly score", ylabel="images", title=title or "image scores")
+    ax.set(xlabel="image anomaly score", ylabel="images", title=_wrap(f"image scores, {title}" if title else "image scores", 60))
+    ax.yaxis.set_major_locator(_integer_ticks())
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+    return MaxNLocator(integer=True)
 
 
 def save_png(fig, path: Path, dpi: int = 80) -> Path:
@@ -192,10 +186,13 @@ def save_png(fig, path: Path, dpi: int = 80) -> Path:
 
 
 def render_trial(out_dir, images, masks, labels, scores, maps, image_threshold, pixel_threshold,
-                 title: str = "") -> list[Path]:
-    """The trial's three PNGs into `out_dir`: overlay grid, ROC/PR curves, score histogram."""
+                 title: str = "", split: str = "validation") -> list[Path]:
+    """The three PNGs of one scored split into `out_dir`: overlay grid, ROC/PR curves, score
+    histogram; every title names the split (`validation` in a trial, `test` once a run is chosen)."""
     out_dir = Path(out_dir)
     images = np.asarray(images)
+    if split not in title:  # a trial's title may say "(validation split)" already
+        title = f"{title} ({split})" if title else split
     return [
         save_png(overlay_grid(images, masks, maps, labels, scores, image_threshold, pixel_threshold, title=title),
                  out_dir / OVERLAYS),
@@ -226,7 +223,8 @@ def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: st
     methods = sorted({e[1] for e in entries})
     table = {(c, m): (v, s) for c, m, v, s in entries}
     width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + len(categories) * (0.5 + 0.45 * len(methods))), 4.2))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + len(categories) * (0.5 + 0.45 * len(methods))), 4.6),
+                           layout="constrained")
     x = np.arange(len(categories))
     labelled = False  # one legend entry for the reference marks
     for j, method in enumerate(methods):
@@ -243,16 +241,16 @@ def leaderboard_chart(entries, metric_label: str = "test image AUROC", title: st
             ax.scatter(*zip(*marks), marker="_", s=max(60, 600 * width), color="black", linewidths=2,
                        zorder=3, label=None if labelled else reference_label)
             labelled = True
-        for bar, value, (_, above) in zip(bars, values, below_above):
-            if np.isfinite(value):
-                ax.text(bar.get_x() + bar.get_width() / 2, value + above + 0.01, f"{value:.3f}", ha="center",
-                        va="bottom", fontsize=7, rotation=90 if len(methods) > 2 else 0)
+        for bar, value in zip(bars, values):
+            if np.isfinite(value):  # inside the bar, at its top: the axis ends at 1
+                ax.text(bar.get_x() + bar.get_width() / 2, value - 0.02, f"{value:.3f}", ha="center",
+                        va="top", fontsize=7, rotation=90, color="white")
     ax.set_xticks(x, categories, rotation=30 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center")
-    ax.set_ylim(0, 1.25)  # room for the legend above the bars
+    ax.set_ylim(0, 1)  # AUROC: 0 .. 1; the legend sits outside the axes, below the title
     ax.axhline(0.5, ls=":", color="grey", lw=1)  # a random scorer
-    ax.set(ylabel=metric_label, title=title or f"{metric_label}: categories x methods")
-    ax.legend(fontsize=8, ncols=min(4, len(methods)), loc="upper left")
-    fig.tight_layout()
+    ax.set_ylabel(metric_label)
+    fig.suptitle(_wrap(title or f"{metric_label}: categories x methods", 70), fontsize=10)
+    fig.legend(fontsize=8, ncols=min(4, len(methods) + bool(references)), loc="outside lower center")
     return fig
 
 
@@ -265,9 +263,11 @@ def message_figure(text: str, size=(6, 2)):
     return fig
 
 
-def study_figures(study, title: str = "", metric_label: str = "image AUROC") -> dict:
-    """Optuna's optimisation history and parameter importances of one study, as figures (name ->
-    figure); importances need two finished trials and a searched parameter, else a message says so."""
+def study_figures(study, title: str = "", metric_label: str = "validation image AUROC") -> dict:
+    """Optuna's optimisation history (AUROC axis 0..1, whole trial numbers) and parameter
+    importances of one study, as figures (name -> figure); importances need two finished trials
+    with a searched parameter and values that differ (tied trials have no importances worth
+    drawing), else a message says why."""
     import warnings
 
     import optuna
@@ -277,49 +277,39 @@ def study_figures(study, title: str = "", metric_label: str = "image AUROC") -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = ovm.plot_optimization_history(study, target_name=metric_label)
-        ax.set_title(f"{title or study.study_name}: optimisation history")
         history = ax.figure
+        _one_title(history, ax, f"{title or study.study_name}: optimisation history")
+        ax.set_ylim(0, 1.01)
+        ax.set_ylabel(metric_label)
+        ax.xaxis.set_major_locator(_integer_ticks())
         history.set_size_inches(6.4, 4)
-        history.tight_layout()
-        if len(done) >= 2 and any(t.params for t in done):
+        history.set_layout_engine("constrained")
+        tied = len({t.value for t in done}) < 2
+        if len(done) >= 2 and any(t.params for t in done) and not tied:
             ax = ovm.plot_param_importances(study, target_name=metric_label)
-            ax.set_title(f"{title or study.study_name}: parameter importances ({metric_label})")
             importances = ax.figure
+            _one_title(importances, ax, f"{title or study.study_name}: parameter importances\n(for {metric_label})")
+            ax.set_xlim(0, 1.15 * max([p.get_width() for p in ax.patches] + [0.01]))  # labels inside the frame
             importances.set_size_inches(6.4, max(3.0, 0.4 * len(done[0].params) + 1.5))
-            importances.tight_layout()
+            importances.set_layout_engine("constrained")
         else:
-            importances = message_figure(f"{study.study_name}: parameter importances need two finished "
-                                         f"trials with searched parameters ({len(done)} finished)")
+            why = (f"the {len(done)} finished trials tie ({metric_label} {done[0].value:.4f}): no importances"
+                   if len(done) >= 2 and tied else
+                   f"parameter importances need two finished trials with searched parameters ({len(done)} finished)")
+            importances = message_figure(_wrap(f"{title or study.study_name}: {why}", 60))
     return {"optimization_history": history, "param_importances": importances}
 
 
-def predict_overlay(image, amap, score: float, image_threshold, pixel_threshold, vmax: float | None = None):
-    """One scored image as a PIL image: the heat map (jet, 0 .. `vmax`, default twice the pixel
-    cut) blended over it, the predicted defect region outlined in white, and the score and verdict
-    written in the corner. Pure numpy/PIL (no figure per image), so it keeps up with `predict`."""
-    from matplotlib import colormaps
-    from PIL import Image, ImageDraw
-    from scipy import ndimage
-    base = _as_hwc(image)
-    amap = np.asarray(amap, dtype=np.float32)
-    if amap.shape != base.shape[:2]:
-        raise ValueError(f"map {amap.shape} and image {base.shape[:2]} differ in size")
-    pixel_cut, image_cut = _cut(pixel_threshold), _cut(image_threshold)
-    top = vmax or (2 * pixel_cut if pixel_cut else float(amap.max()) or 1.0)
-    heat = colormaps["jet"](np.clip(amap / top, 0, 1))[..., :3]
-    out = 0.55 * base + 0.45 * heat
-    if pixel_cut is not None:
-        region = amap >= pixel_cut
-        edge = region & ~ndimage.binary_erosion(region, iterations=max(1, min(amap.shape) // 128))
-        out[edge] = 1.0
-    picture = Image.fromarray((np.clip(out, 0, 1) * 255).astype(np.uint8))
-    verdict = "?" if image_cut is None else ("ANOMALOUS" if score >= image_cut else "normal")
-    text = f"{score:.4g} {verdict}" + (f" (cut {image_cut:.4g})" if image_cut is not None else "")
-    draw = ImageDraw.Draw(picture)
-    box = draw.textbbox((4, 4), text)
-    draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
-    draw.text((4, 4), text, fill=(255, 80, 80) if verdict == "ANOMALOUS" else (255, 255, 255))
-    return picture
+def _one_title(fig, ax, text: str) -> None:
+    """Optuna's matplotlib plots bring their own title (and sometimes a figure text): keep ours only."""
+    for extra in list(fig.texts):
+        extra.remove()
+    if getattr(fig, "_suptitle", None) is not None:
+        fig._suptitle.remove()
+        fig._suptitle = None
+    for loc in ("left", "right"):  # Optuna titles its plots on the left
+        ax.set_title("", loc=loc)
+    ax.set_title(_wrap(text, 60), fontsize=10)
 
 
 def leaderboard_figure(dataset: str, rows):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from raybench.reporting import figures
+from raybench.reporting.results import results_table, true_winners
 from raybench import tracking
 
 RUN_FIGURES = (figures.OVERLAYS, figures.CURVES, figures.HISTOGRAM)
@@ -21,7 +22,8 @@ RUN_FIGURES = (figures.OVERLAYS, figures.CURVES, figures.HISTOGRAM)
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 table{border-collapse:collapse;font-size:14px}th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums}tr.winner{background:#eaf6ea}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tr.winner{background:#eaf6ea;font-weight:600}
+tr.mean td{border-top:2px solid #444;font-style:italic}td.hp{font-size:12px;max-width:280px}
 img{max-width:100%;border:1px solid #eee}.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 .figs img{max-width:560px}h2{margin-top:2em;border-bottom:2px solid #444}.muted{color:#777}
 """
@@ -46,13 +48,6 @@ def _fmt(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def _final(row) -> str:
-    """--final-seeds: test image AUROC mean ± std over the chosen configuration retrained."""
-    if not row.final_n:
-        return "–"
-    return f"{_fmt(row.final_image_auroc_mean)} ± {_fmt(row.final_image_auroc_std)} (n={row.final_n})"
-
-
 def run_figures(uri: str, run_id: str, folder: Path) -> dict[str, bytes]:
     """The run's logged figures (name -> PNG bytes); a run swept with --no-figures has none."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file would bury the output
@@ -66,13 +61,25 @@ def run_figures(uri: str, run_id: str, folder: Path) -> dict[str, bytes]:
     return out
 
 
-def build_report(uri: str, dataset: str) -> str:
+def _test_section(uri: str, row, label: str, data_root) -> str:
+    """The chosen run's TEST overlays, curves and histogram (reporting.test_pictures), or why not."""
+    from raybench.reporting.test_pictures import test_pictures
+    try:
+        pngs = test_pictures(uri, tracking.client(uri).get_run(row.run_id), data_root)
+    except Exception as err:  # noqa: BLE001 - the page still shows everything else, and says why
+        return (f"<h3>test</h3><p class='muted'>no test pictures: {html.escape(type(err).__name__)}: "
+                f"{html.escape(str(err))} (pass --data-root for a dataset that is not built in)</p>")
+    return ("<h3>test (drawn after the choice)</h3><div class='figs test'>" +
+            "".join(_img(png, f"{label} test {name}") for name, png in pngs.items()) + "</div>")
+
+
+def build_report(uri: str, dataset: str, data_root=None) -> str:
     """The page as a string. Refuses a dataset with no finished run (nothing to show)."""
     uri = tracking.tracking_uri(uri)
     rows = tracking.leaderboard(uri, dataset)
     if not rows:
         raise LookupError(f"no finished runs of dataset {dataset!r} in {uri} (run `raybench sweep {dataset}` first)")
-    best = {row.run_id for row in tracking.winners(rows).values()}
+    best = true_winners(rows)
     title = f"raybench: {dataset}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body>",
@@ -82,21 +89,10 @@ def build_report(uri: str, dataset: str) -> str:
              "category's winner); TEST is that run scored once on its category's untouched test split, "
              "never used to choose. The highlighted row is each category's winner, the run "
              "<code>best_model</code> loads (MLflow tag <code>winner=yes</code>).</p>",
-             "<h2>Leaderboard</h2><table>"
-             "<tr><th colspan='2'></th><th colspan='2'>VAL (ranked)</th><th colspan='3'>TEST (chosen run)</th>"
-             "<th>TEST, final seeds</th><th colspan='3'></th></tr>"
-             "<tr><th>category</th><th>method</th><th>VAL image AUROC</th><th>VAL pixel AUROC</th>"
-             "<th>TEST image AUROC [95% CI] (≈: tied with the best TEST)</th><th>TEST pixel AUROC</th><th>TEST AUPRO</th>"
-             "<th>TEST image AUROC mean ± std</th><th>runs</th><th>budget</th><th>MLflow run</th></tr>"]
-    for r in rows:
-        parts.append(f"<tr class='{'winner' if r.run_id in best else ''}'><td>{html.escape(r.category)}</td>"
-                     f"<td>{html.escape(tracking.method_label(r))}</td><td class='num'>{_fmt(r.val_image_auroc)}</td>"
-                     f"<td class='num'>{_fmt(r.val_pixel_auroc)}</td><td class='num'>{_fmt(r.image_auroc)}{_ci(r)}</td>"
-                     f"<td class='num'>{_fmt(r.pixel_auroc)}</td><td class='num'>{_fmt(r.aupro)}</td>"
-                     f"<td class='num'>{html.escape(_final(r))}</td>"
-                     f"<td class='num'>{r.n_runs}</td><td>{html.escape(r.budget or '')}</td>"
-                     f"<td>{html.escape(r.run_name or r.run_id)}</td></tr>")
-    parts.append("</table>")
+             "<h2>Leaderboard</h2>", results_table(uri, rows),
+             "<p class='muted'>A highlighted row wins its category over another method on VAL image AUROC "
+             "(a tie or a lone method is not highlighted). Split sizes are images (anomalous in brackets); "
+             "chosen hyperparameters are those that differ from the method's defaults.</p>"]
     chart = figures.leaderboard_figure(dataset, rows)
     parts.append(f"<h2>Categories x methods</h2><p class='muted'>TEST image AUROC of the configuration chosen "
                  f"on validation: where final seeds ran, bar and error bar are their mean ± std; else the "
@@ -110,27 +106,21 @@ def build_report(uri: str, dataset: str) -> str:
                          f"{_fmt(r.val_image_auroc)}, pixel AUROC {_fmt(r.val_pixel_auroc)}; TEST image AUROC "
                          f"{_fmt(r.image_auroc)}, pixel AUROC {_fmt(r.pixel_auroc)}</p>")
             pngs = run_figures(uri, r.run_id, Path(tmp) / str(i))
+            label = f"{r.category} {tracking.method_label(r)}"
             if pngs:
-                parts.append("<div class='figs'>" + "".join(_img(png, f"{r.category} {tracking.method_label(r)} {name}")
-                                                            for name, png in pngs.items()) + "</div>")
+                parts.append("<h3>validation (what chose this run)</h3><div class='figs validation'>" +
+                             "".join(_img(png, f"{label} validation {name}") for name, png in pngs.items()) + "</div>")
             else:
-                parts.append("<p class='muted'>no figures logged for this run (swept with --no-figures, "
+                parts.append("<p class='muted'>no validation figures logged for this run (swept with --no-figures, "
                              "or before raybench logged them)</p>")
+            parts.append(_test_section(uri, r, label, data_root))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _ci(row) -> str:
-    """' [low, high]' of the row's bootstrap interval and ' ≈' when tied with the category's best
-    TEST figure (docs/uncertainty.md); '' where the run has none."""
-    low, high = row.test_image_auroc_ci_low, row.test_image_auroc_ci_high
-    interval = "" if low != low or high != high else f" [{low:.3f}, {high:.3f}]"
-    return html.escape(interval + (" ≈" if row.tied_with_best else ""))
-
-
-def write_report(uri: str | None, dataset: str, out: str | Path) -> Path:
+def write_report(uri: str | None, dataset: str, out: str | Path, data_root=None) -> Path:
     out = Path(out)
-    page = build_report(uri, dataset)
+    page = build_report(uri, dataset, data_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out

@@ -173,7 +173,11 @@ def _start_ray(spec: SweepSpec, log) -> None:
     import ray
     if ray.is_initialized():
         return
-    init = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+    from raybench.console import quiet_mode
+    # quiet (the CLI without -v): the trials' own output (library warnings, a worker's shutdown
+    # traceback when Tune ends it) stays in Ray's log files; a failed trial's error is in its MLflow run
+    init = dict(include_dashboard=False, log_to_driver=not quiet_mode(),
+                runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
     if spec.address:
         init_ray(address=spec.address, **init)  # ray.init, the process's SIGTERM handler kept
     else:  # private to this machine: loopback, token auth, never a stranger's cluster
@@ -229,7 +233,8 @@ def tune_trials(p: Prepared, log=print):
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
                                         max_concurrent_trials=spec.max_concurrent),
             run_config=tune.RunConfig(
-                name=p.run_name, storage_path=p.root, callbacks=[logger, ProgressLine(total)], verbose=0,
+                name=p.run_name, storage_path=p.root, callbacks=[logger, ProgressLine(total), _optuna_recorder(p, log)],
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
@@ -242,6 +247,12 @@ def tune_trials(p: Prepared, log=print):
             total += _run_final_seeds(spec, results, ctx, resources, tags, per_category, p.uri, p.experiment_id,
                                       f"{p.tune_path}-final", log)
     return results, total
+
+
+def _optuna_recorder(p: Prepared, log):
+    """Each category's search into the Optuna storage beside the MLflow store (optuna-dashboard)."""
+    from raybench.sweep.optuna_storage import OptunaRecorder, storage_url
+    return OptunaRecorder(storage_url(p.uri, p.root), p.spec.dataset, p.spec.method, p.sweep_id, p.space, log)
 
 
 def _run_tags(p: Prepared) -> dict:

@@ -15,18 +15,25 @@ from dataclasses import dataclass, field, replace
 import yaml
 
 from raybench.config import field_types, from_dict
-from raybench.errors import ConfigError
+from raybench.errors import ConfigError, did_you_mean
 from raybench.evaluation.splits import DEFAULT_VAL_MODE, DEFAULT_VAL_NORMALS, DEFAULT_VAL_SPLIT, VAL_MODES
 from raybench.methods.base import BOUNDING_BUDGETS, BUDGETS, paper_deviations
 from raybench.methods import get_method
 from raybench.sweep.search_space import SearchSpace
 
 # the demo runs on real ImageNet features with no hub: tf_efficientnet_lite0 from the installed
-# package (raybench[weights]), for the saliency net of cutswap too
-DATASET_PRESETS = {"demo": {"weights": "imagenet", "trials": 4,
+# package (raybench[weights]), for the saliency net of cutswap too. It compares two methods, the
+# PatchCore baseline and a trained one (CutPaste at a short schedule: `method_fixed` takes those
+# keys out of its search, as --set does, so it fits the demo's ~5 minutes on 2 CPU cores).
+DATASET_PRESETS = {"demo": {"weights": "imagenet", "trials": 3, "method": "patchcore,cutpaste",
                             "overrides": {"image_size": 128, "backbone": "tf_efficientnet_lite0",
                                           "saliency_net": "tf_efficientnet_lite0"},
-                            "final_seeds": 2}}
+                            "method_fixed": {"cutpaste": {"epochs": 2, "batch_images": 16}},
+                            "final_seeds": 0,
+                            # one search per category, not one per crossfit fold: half the trials, so
+                            # the demo stays near 5 minutes (`--val-mode crossfit` runs the default protocol)
+                            "val_mode": "real"}}
+DEFAULT_METHOD = "patchcore"
 DEFAULT_TRIALS = 8
 
 
@@ -68,8 +75,16 @@ class SweepSpec:
 
 
 def preset_default(dataset: str, key: str, fallback):
-    """A dataset preset's value for a sweep option (demo: 4 trials, 2 final seeds), else `fallback`."""
+    """A dataset preset's value for a sweep option (demo: 3 trials, two methods, --val-mode real), else `fallback`."""
     return DATASET_PRESETS.get(dataset, {}).get(key, fallback)
+
+
+def preset_fixed(dataset: str, method: str, budget: str = "default") -> dict:
+    """A dataset preset's fixed values for one method (demo: cutpaste's short schedule); none under
+    a bounding budget (smoke, paper), whose values win."""
+    if budget in BOUNDING_BUDGETS:
+        return {}
+    return dict(DATASET_PRESETS.get(dataset, {}).get("method_fixed", {}).get(method, {}))
 
 
 def new_sweep_id() -> str:
@@ -103,7 +118,9 @@ def overrides_per_method(methods: list[str], overrides: dict) -> dict[str, dict]
     fields = {m: set(field_types(get_method(m).config_cls)) for m in methods}
     unknown = [k for k in overrides if not any(k in f for f in fields.values())]
     if unknown:
-        raise ConfigError(f"--set {unknown}: not a parameter of {', '.join(methods)} (see `raybench methods`)")
+        known = sorted(set().union(*fields.values()))
+        raise ConfigError("; ".join(f"--set {k}: not a parameter of {', '.join(methods)}{did_you_mean(k, known)} "
+                                    f"(`raybench methods METHOD` lists them)" for k in unknown))
     return {m: {k: v for k, v in overrides.items() if k in fields[m]} for m in methods}
 
 
@@ -151,7 +168,8 @@ def resolve_base_config(spec: SweepSpec, space: SearchSpace) -> dict:
     preset = DATASET_PRESETS.get(spec.dataset, {})
     # smoke/paper budgets were taken out of the space (bound_by_budget), so for them the budget
     # sits above fixed and sampled values
-    base = {**preset.get("overrides", {}), **method.budgets.get(spec.budget, {}), **space.fixed}
+    base = {**preset.get("overrides", {}), **method.budgets.get(spec.budget, {}), **space.fixed,
+            **preset_fixed(spec.dataset, spec.method, spec.budget)}
     weights = spec.weights or preset.get("weights")
     if weights:
         base["weights"] = weights
@@ -204,6 +222,10 @@ def plan_sweep(spec: SweepSpec, space: SearchSpace, log=print) -> tuple[SearchSp
         overrides = {k: v for k, v in checked.items() if k in spec.overrides}
         space = space.without(overrides)
     space = bound_by_budget(space, method, spec.budget, log)
+    fixed = preset_fixed(spec.dataset, spec.method, spec.budget)
+    if fixed:
+        log(f"{spec.dataset} preset: {spec.method} {', '.join(f'{k}={v}' for k, v in fixed.items())} fixed")
+        space = space.without(fixed)
     plan = ConfigPlan(spec.method, resolve_base_config(spec, space), overrides)
     plan.config()
     return space, plan

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from raybench.tracking.comparison import mark_ties
+from raybench.tracking.compact import format_compact, tie_line
 from raybench.tracking.store import raybench_experiments, client, search_runs
 from raybench.tracking.sweeps import is_complete, latest_sweep_id, pick_sweeps  # noqa: F401 (latest_sweep_id: API)
 
@@ -312,11 +313,14 @@ def _ci(low: float, high: float) -> str:
     return "" if math.isnan(low) or math.isnan(high) else f"[{low:.3f},{high:.3f}]"
 
 
-def format_leaderboard(rows: list[LeaderboardRow]) -> str:
-    """Validation (what ranked) beside the chosen run's test figures, labelled, with test image
-    AUROC's 95 % interval and ≈ on rows tied with the category's best test figure; what the default
-    configuration and selecting on test (oracle) would have printed; the final seeds' test mean +-
-    std where the sweep ran them; then the ties on validation and how they were broken."""
+def format_leaderboard(rows: list[LeaderboardRow], wide: bool = False) -> str:
+    """Without `wide`: 100 columns (tracking.compact). With it, every column: validation (what
+    ranked) beside the chosen run's test figures, labelled, with test image AUROC's 95 % interval
+    and ≈ on rows tied with the category's best test figure; what the default configuration and
+    selecting on test (oracle) would have printed; the final seeds' test mean +- std where the sweep
+    ran them; then the ties on validation and how they were broken."""
+    if not wide:
+        return format_compact(rows, winners(rows))
     notes = [f"note: {n}" for n in getattr(rows, "notes", [])]
     if not rows:
         return "\n".join(["(no finished runs)"] + notes)
@@ -341,8 +345,7 @@ def format_leaderboard(rows: list[LeaderboardRow]) -> str:
                      f"{final:>21} | {r.n_runs:>4} {r.budget:<7} {weights:<8} "
                      f"{r.image_size + '/' + r.eval_resolution:>9} {val:<8} {r.n_val:>5} {r.n_test:>6}  {r.run_name}")
         if r.tie_broken_by:
-            ties.append(f"tie: {r.category} {method}: {r.val_tied} runs share the best VAL img; "
-                        f"broken by {r.tie_broken_by} ({'validation pixel AUROC' if r.tie_broken_by == TIE_BREAKER else 'the first run to start'})")
+            ties.append(tie_line(r))
     if any(r.select == "dataset" for r in rows):
         notes.append("val .../ds: one configuration for every category (--select dataset), chosen by mean VAL")
     if not all(r.complete for r in rows):

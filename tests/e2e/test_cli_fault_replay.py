@@ -24,6 +24,10 @@ from raybench.sweep.run_logger import INTERRUPTED
 pytestmark = pytest.mark.slow
 
 CATEGORY = "o'ring"  # a quote: MLflow filters must still find its runs
+# other libraries' lines a user should not see without -v: MLflow's INFO lines, Ray's, warnings with
+# site-packages paths, artifact-download progress bars, ANSI codes in a pipe, Ray's token-auth notice
+LIBRARY_NOISE = re.compile(r"INFO mlflow|INFO worker\.py|INFO alembic|Warning:|site-packages|Downloading artifacts|"
+                           r"\x1b\[|Token authentication is enabled|Tuner\.restore")
 SMOKE = ["--method", "patchcore", "--budget", "smoke", "--weights", "random", "--set", "batch_size=4",
          # a tiny category (3 good, 3 bad): the faults are the point here, not validation that can rank
          "--val-mode", "real", "--val-normals", "0", "--accept-weak-validation"]
@@ -137,6 +141,10 @@ def test_a_local_sweep_is_private_and_predict_agrees_with_the_logged_verdicts(wo
     out = proc.stdout.read()
     assert proc.returncode == 0, out[-3000:]
     assert "ray: local instance on 127.0.0.1, token auth on" in out  # not the stale cluster, auth on
+    # issue 21: raybench's own lines only (no -v), and it ends saying where to look
+    assert not [line for line in out.splitlines() if LIBRARY_NOISE.search(line)], out[-5000:]
+    assert "raybench ui --tracking-uri" in out and "/#/compare-runs?runs=" in out and "raybench report folder" in out
+    assert "optuna-dashboard sqlite:///" in out and (root / "optuna.db").is_file()
     names = {name for name, _ in seen}
     assert {"gcs_server", "raylet"} <= names, seen  # the sampling did see Ray's servers
     assert all(loopback(ip) for _, ip in seen), [s for s in seen if not loopback(s[1])]
@@ -157,6 +165,7 @@ def test_a_local_sweep_is_private_and_predict_agrees_with_the_logged_verdicts(wo
     done = run(cli("predict", "--category", CATEGORY, "--tracking-uri", uri,
                    *[str(s.path) for s in split.validation]), env)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert not [line for line in done.stderr.splitlines() if LIBRARY_NOISE.search(line)], done.stderr[-3000:]
     rows = [line.split("\t") for line in done.stdout.splitlines() if "\t" in line]
     assert len(rows) == len(split.validation)
     flagged = np.array([v == "anomalous" for _, v, _ in rows])

@@ -223,7 +223,7 @@ JOB = textwrap.dedent(
     # a smoke sweep through the cluster, the way a user runs it on the head node
     import subprocess, sys
     sweep = subprocess.run([sys.executable, "-m", "raybench.cli", "sweep", "demo", "--address", "auto",
-                            "--categories", "stripes", "--trials", "1", "--budget", "smoke",
+                            "--method", "patchcore", "--categories", "stripes", "--trials", "1", "--budget", "smoke",
                             "--final-seeds", "0", "--val-mode", "real"],
                            capture_output=True, text=True, timeout=600)
     print(sweep.stdout[-3000:], sweep.stderr[-3000:])

@@ -66,7 +66,7 @@ def _run_installed(site: Path, outside: Path, env: dict, tmp_path: Path) -> None
     assert shipped == {p.name for p in (REPO / "search_spaces").glob("*.yaml")}
 
     assert "siamese-unet:" in _run([sys.executable, "-m", "raybench", "methods"], outside, env)
-    out = _run([sys.executable, "-m", "raybench", "sweep", "demo", "--budget", "smoke", "--trials", "1",
+    out = _run([sys.executable, "-m", "raybench", "sweep", "demo", "--method", "patchcore", "--budget", "smoke", "--trials", "1",
                 "--categories", "disc", "--val-mode", "real", "--tracking-uri", f"sqlite:///{outside / 'mlflow.db'}",
                 "--storage", str(outside / "ray")], outside, env, timeout=600)
     assert "[1/1] disc patchcore: image AUROC" in out, out

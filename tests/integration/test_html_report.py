@@ -74,7 +74,7 @@ def test_report_is_one_self_contained_page_with_every_best_runs_figures(tmp_path
     page.close()
     assert page.stack == []  # every element closed
     text = " ".join(page.text)
-    for name in ("disc-patchcore-t1", "disc-rd-t1", "weave-patchcore-t1", "0.9000", "no figures logged",
+    for name in ("disc-patchcore-t1", "disc-rd-t1", "weave-patchcore-t1", "0.9000", "no validation figures logged",
                  "VAL image AUROC", "TEST image AUROC", "chosen on validation", "0.6500 ± 0.0707 (n=2)"):
         assert name in text, name
     assert "0.8500" in text  # disc rd's test figure beside its validation 0.9000
@@ -88,7 +88,12 @@ def test_report_is_one_self_contained_page_with_every_best_runs_figures(tmp_path
             assert im.format == "PNG" and min(im.size) >= 150
     assert not [link for link in page.links if "://" in link]  # nothing to fetch: opens offline
     assert "http://" not in out.read_text() and "https://" not in out.read_text()
-    assert any(img["alt"] == "disc rd overlays.png" for img in page.images)
+    assert any(img["alt"] == "disc rd validation overlays.png" for img in page.images)
+    # issue 21: a mean row per method; only disc's true winner (rd over patchcore) highlighted, not
+    # weave's lone method; these runs hold no detector, so each says why it has no test pictures
+    source = out.read_text(encoding="utf-8")
+    assert source.count("<tr class='winner'>") == 1 and "patchcore (mean of 2)" in text and "rd (mean of 1)" in text
+    assert text.count("no test pictures") == 3
 
 
 def test_read_only_commands_refuse_a_store_that_is_not_there(tmp_path, capsys):

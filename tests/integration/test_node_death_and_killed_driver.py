@@ -23,7 +23,7 @@ def cluster():
 
 def sweep_cmd(cluster, tmp_path, demo_root, uri, *extra):
     return [sys.executable, "-m", "raybench.cli", "sweep", "demo", "--data-root", str(demo_root),
-            "--categories", "stripes", "--trials", "4", "--budget", "smoke", "--tracking-uri", uri,
+            "--method", "patchcore", "--categories", "stripes", "--trials", "4", "--budget", "smoke", "--tracking-uri", uri,
             "--storage", str(tmp_path / "ray"), "--address", cluster.address, "--sweep-id", "faults",
             "--set", "coreset_ratio=0.05", "--final-seeds", "0", "--val-mode", "real", *extra]
 

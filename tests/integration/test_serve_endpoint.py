@@ -24,12 +24,16 @@ def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:
 
 
 
+_ENDPOINT_URI: list[str] = []  # the endpoint fixture's store
+
+
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory, ray_local):
     from ray import serve as ray_serve
 
     from raybench.delivery import serve
     uri = f"sqlite:///{tmp_path_factory.mktemp('serve') / 'mlflow.db'}"
+    _ENDPOINT_URI[:] = [uri]
     det = tiny_patchcore(seed=2, image_threshold=1.05, pixel_threshold=0.8)
     log_detector_run(uri, det, "demo", "disc", 0.9)
     log_detector_run(uri, tiny_patchcore(seed=3, image_threshold=1.0), "demo", "weave", 0.7)
@@ -56,7 +60,8 @@ def test_scores_each_category_as_predict_does(endpoint):
     r = requests.post(f"{base}/demo/disc?map=png", data=_png(images[0]), timeout=60)
     amap = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["map_png"]))))
     assert amap.shape == (40, 50)  # at the image's own size
-    assert np.abs(amap.astype(float) - np.clip(maps[0] / 1.6, 0, 1) * 255).max() <= 1.0
+    # black at half the pixel cut (0.8), mid-grey at it, white at 1.5 times it (Detector.map_image)
+    assert np.abs(amap.astype(float) - np.clip((maps[0] - 0.4) / 0.8, 0, 1) * 255).max() <= 1.0
     other = requests.post(f"{base}/demo/weave", data=_png(images[0]), timeout=60).json()
     assert other["model"] == "raybench-demo-weave" and other["score"] != pytest.approx(expected[0])
 
@@ -73,11 +78,26 @@ def test_bad_requests_get_4xx_json_and_the_server_goes_on(endpoint):
         ("POST", "/demo", good, 404, "POST image bytes to /<dataset>/<category>"),
         ("GET", "/demo/disc", None, 405, "GET not allowed"),
         ("POST", "/demo/disc?method=rd", good, 409, "is a patchcore model, not rd"),
+        ("POST", "/demo/disc?map=jpg", good, 400, "map='jpg' is not offered: use map=png"),
     ]
     for method, path, body, status, message in cases:
         r = requests.request(method, base + path, data=body, timeout=60)
         assert r.status_code == status and message in r.json()["error"], (path, r.status_code, r.text)
         assert requests.post(f"{base}/demo/disc", data=good, timeout=60).status_code == 200
+
+
+@pytest.mark.slow
+def test_the_champions_are_listed_and_loaded_at_start(endpoint):
+    from ray import serve as ray_serve
+
+    from raybench.delivery.champions import champions, warm_up
+    handle = ray_serve.get_app_handle("raybench")  # the running app
+    served = champions(_ENDPOINT_URI[0], "champion")
+    assert served == [("demo/disc", "1", "patchcore"), ("demo/weave", "1", "patchcore")]
+    said = []
+    warm_up(handle, [m for m, _, _ in served] + ["demo/nope"], log=said.append)
+    assert said[0].startswith("  loaded demo/disc (") and said[1].startswith("  loaded demo/weave (")
+    assert "demo/nope not loaded" in said[2]
 
 
 @pytest.mark.slow

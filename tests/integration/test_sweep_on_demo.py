@@ -254,11 +254,14 @@ def test_sweep_through_a_real_mlflow_server(tmp_path, demo_root, ray_local, caps
                    for r in summaries)
         # the command ends with where to look: this command's sweep (its methods share one sweep id,
         # one leaderboard) and the winners, on the server's UI
-        tail = capsys.readouterr().out.strip().splitlines()[-3:]
+        out = capsys.readouterr().out.strip().splitlines()
+        tail = out[out.index(f"Where to look (MLflow UI at {uri}):"):]
         exp_id = c.get_experiment_by_name("raybench-demo").experiment_id
         (sweep_id,) = {r.data.tags["sweep_id"] for r in summaries}
-        assert tail[0] == "MLflow UI:" and f"{uri}/#/experiments/{exp_id}/runs?workflowType=machine_learning" in tail[-1]
-        assert tail[1].split()[:2] == ["sweep", sweep_id]
+        assert tail[1].split()[:3] == ["this", "sweep's", "runs"] and f"%27{sweep_id}%27" in tail[1]
+        assert f"{uri}/#/compare-runs?runs=" in tail[2]
+        assert f"{uri}/#/experiments/{exp_id}/runs?workflowType=machine_learning" in tail[3]
+        assert "raybench report demo" in tail[4] and "optuna-dashboard sqlite:///" in tail[5]
         assert sorted(r.method for r in rows) == ["patchcore", "rd"]
         det = best_model("weave", method="rd", tracking_uri=uri, device="cpu")
         assert det.method == "rd"

@@ -82,7 +82,7 @@ def test_winner_tag_moves_to_the_new_best_and_the_experiment_opens_on_runs(track
     assert WINNER_TAG not in c.get_run(first).data.tags
     tagged = c.search_runs([exp_id], f"tags.{WINNER_TAG} = 'yes'")
     assert [r.info.run_id for r in tagged] == [better]
-    assert c.get_run(better).info.run_name in tracking.format_leaderboard(rows)
+    assert c.get_run(better).info.run_name in tracking.format_leaderboard(rows, wide=True)
 
 
 @pytest.mark.parametrize("resume", [False, True])
@@ -127,10 +127,15 @@ def test_recent_sweeps_and_where_to_look(tracking_uri, tmp_path):
     summaries = c.search_runs([c.get_experiment_by_name("raybench-demo-sweeps").experiment_id], "tags.sweep_id = 's2'")
     assert sorted(r.data.tags["method"] for r in summaries) == ["patchcore", "rd"]
     assert recent_sweep_ids(tracking_uri, "raybench-demo", since) == ["s1", "s2"]
-    text = ui.where_to_look(tracking_uri, "7", ["s1"])
+    text = ui.where_to_look(tracking_uri, "7", ["s1"], ["r1", "r2"], dataset="demo",
+                            optuna_storage="sqlite:///optuna.db")
     lines = text.splitlines()
-    assert lines[0] == "MLflow UI: serve this store with" and " ui --backend-store-uri sqlite:///" in lines[1]
-    assert lines[3] == ("  sweep s1  http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert lines[0] == "Where to look:" and lines[1].startswith(f"  raybench ui --tracking-uri {tracking_uri}")
+    assert lines[2] == ("  this sweep's runs        http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
                         "&searchFilter=tags.sweep_id%20%3D%20%27s1%27&orderByKey=metrics.%60val_image_auroc%60&orderByAsc=false")
+    assert lines[3] == ("  the winners compared     http://127.0.0.1:5000/#/compare-runs?runs=%5B%22r1%22%2C%22r2%22%5D"
+                        "&experiments=%5B%227%22%5D&workflowType=machine_learning")
     assert "searchFilter=tags.winner%20%3D%20%27yes%27&" in lines[4]
-    assert ui.where_to_look("http://10.0.0.5:5000", "7").splitlines()[0] == "MLflow UI:"
+    assert lines[5].endswith(f"raybench report demo --tracking-uri {tracking_uri} --out report.html")
+    assert lines[6].endswith("optuna-dashboard sqlite:///optuna.db")
+    assert ui.where_to_look("http://10.0.0.5:5000", "7").splitlines()[0] == "Where to look (MLflow UI at http://10.0.0.5:5000):"

@@ -24,7 +24,7 @@ def test_mvtec_layout_finds_splits_masks_and_kinds(mvtec_root):
 
 def test_category_selection_and_unknown_names(mvtec_root):
     assert [c.name for c in load_dataset("mvtec", mvtec_root, "carpet")] == ["carpet"]
-    with pytest.raises(DatasetError, match="unknown categories"):
+    with pytest.raises(DatasetError, match="unknown category"):
         load_dataset("mvtec", mvtec_root, "bottle,zebra")
 
 

@@ -81,4 +81,4 @@ def test_save_load_round_trip_is_exact_and_pickle_free(detector, tmp_path):
 def test_evaluate_recomputes_metrics(detector, demo_root):
     det, _ = detector
     metrics = det.evaluate(demo_root)
-    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["n_test_scored"] == 32
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["n_test_scored"] == 72  # demo-v3: 40 good + 32 defective

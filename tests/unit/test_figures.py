@@ -96,21 +96,36 @@ def test_curves_say_when_a_level_has_one_class(tmp_path):
     figures._plt().close(fig)
 
 
-def test_predict_overlay_outlines_the_predicted_region_and_writes_the_verdict():
+def test_predict_overlay_upscales_outlines_and_captions_below_the_image():
+    from raybench.reporting.overlay import BAR_WIDTH, CAPTION
     image = np.full((64, 80, 3), 0.5, np.float32)
-    amap = np.zeros((64, 80), np.float32)
+    amap = np.full((64, 80), 0.3, np.float32)
     amap[20:40, 30:50] = 1.0
     over = figures.predict_overlay(image, amap, 0.93, image_threshold=0.5, pixel_threshold=0.5)
     a = np.asarray(over)
-    assert over.size == (80, 64) and a.dtype == np.uint8
-    assert (a[20, 30:50] == 255).all() and (a[39, 30:50] == 255).all()  # the region's border is white
-    assert not (a[30, 35:45] == 255).all(axis=-1).any()  # its inside is heat, not outline
-    assert a[60, 70, 0] < a[30, 40, 0]  # jet: hot region redder than the cold background
-    assert (a[:14, :60] != a[50, 5]).any()  # the score banner is drawn top left
-    calm = np.asarray(figures.predict_overlay(image, amap * 0, 0.1, 0.5, 0.5))
-    assert not (calm[20:] == 255).all(axis=-1).any()  # nothing predicted: no outline (below the banner)
+    k = 4  # 64 px upscaled to at least 256 for display
+    h, w = 64 * k, 80 * k
+    assert a.dtype == np.uint8 and over.size[1] == h + CAPTION + 6 and over.size[0] > w + BAR_WIDTH
+    assert (a[20 * k, 30 * k:50 * k] == 255).all() and (a[40 * k - 1, 30 * k:50 * k] == 255).all()  # outline
+    assert not (a[30 * k, 35 * k:45 * k] == 255).all(axis=-1).any()  # its inside is heat, not outline
+    hot, calm = a[30 * k, 40 * k].astype(int), a[5, 5].astype(int)
+    assert hot[0] > hot[2] + 60  # turbo: the region is red
+    assert abs(calm[0] - calm[2]) < 60 and 90 < calm.mean() < 160  # the calm image stays grey (no wash)
+    assert (a[h + 2:, :200] != 0).any()  # the caption band below the image holds text
+    bar = a[:h, w + 8 + BAR_WIDTH // 2]
+    assert bar[0, 0] > bar[0, 2] and bar[-1, 2] > bar[-1, 0]  # colour bar: hot on top, cold below
+    calm_only = np.asarray(figures.predict_overlay(image, amap * 0 + 0.3, 0.1, 0.5, 0.5))
+    assert not (calm_only[:h, :w] == 255).all(axis=-1).any()  # nothing predicted: no outline
     with pytest.raises(ValueError, match="differ in size"):
         figures.predict_overlay(image, amap[:10], 0.1, 0.5, 0.5)
+
+
+def test_map_png_puts_the_cut_mid_grey_and_the_calm_baseline_dark():
+    from raybench.detector import Detector
+    det = Detector.__new__(Detector)  # map_image reads the cut alone
+    det.meta = {"pixel_threshold": 0.4}
+    grey = np.asarray(det.map_image(np.array([[0.1, 0.2, 0.4, 0.6, 0.25]], np.float32)))
+    assert grey.tolist() == [[0, 0, 128, 255, 32]]
 
 
 def test_leaderboard_chart_marks_the_papers_numbers_on_their_bars():
@@ -148,3 +163,58 @@ def test_leaderboard_figure_bar_and_error_bar_are_one_quantity():
     assert spans == [(0.7, 0.85), (0.906, 0.928)]  # the CI's ends; mean ± std
     figures._plt().close(fig)
     assert figures._bar_error(0.5, (math.nan, math.nan)) == (0.0, 0.0)
+def _inside(fig, artist) -> bool:
+    """The artist's drawn box lies within the figure's (nothing clipped at the edges)."""
+    fig.canvas.draw()
+    box, frame = artist.get_window_extent(), fig.bbox
+    return box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1 and box.y1 <= frame.y1 + 1
+
+
+def test_charts_read_correctly_titles_inside_auroc_axes_0_to_1_integer_trials():
+    """Issue 21: titles and legends inside the frame, AUROC axes 0..1, whole trial numbers, the
+    metric called validation's, no importances drawn for trials that tie."""
+    import optuna
+    from matplotlib.ticker import MaxNLocator
+    chart = figures.leaderboard_chart([(c, m, v, None) for c, m, v in (
+        ("disc", "patchcore", 0.91), ("disc", "cutpaste", 0.95), ("weave", "patchcore", 0.7))],
+        title="demo: test image AUROC of the run chosen on validation, a long title that must wrap")
+    ax = chart.axes[0]
+    assert ax.get_ylim() == (0, 1)
+    assert _inside(chart, chart._suptitle) and _inside(chart, chart.legends[0])
+    figures._plt().close(chart)
+
+    dist = {"sigma": optuna.distributions.FloatDistribution(1, 8)}
+    study = optuna.create_study(study_name="disc", direction="maximize")
+    for i, v in enumerate([0.8, 0.9, 0.85]):
+        study.add_trial(optuna.trial.create_trial(params={"sigma": 2.0 + i}, distributions=dist, value=v))
+    made = figures.study_figures(study, title="disc patchcore")
+    history = made["optimization_history"].axes[0]
+    assert history.get_ylim()[0] == 0 and history.get_ylim()[1] <= 1.02
+    assert "validation" in history.get_ylabel()
+    assert isinstance(history.xaxis.get_major_locator(), MaxNLocator)
+    assert all(float(t).is_integer() for t in history.get_xticks())
+    assert history.get_title(loc="left") == "" and "optimisation history" in history.get_title()
+    assert _inside(made["optimization_history"], history.title)
+    importances = made["param_importances"].axes[0]
+    assert importances.get_title(loc="left") == "" and "importances" in importances.get_title()
+    for fig in made.values():
+        figures._plt().close(fig)
+
+    tied = optuna.create_study(study_name="weave", direction="maximize")
+    for i in range(3):
+        tied.add_trial(optuna.trial.create_trial(params={"sigma": 2.0 + i}, distributions=dist, value=1.0))
+    made = figures.study_figures(tied, title="weave patchcore")
+    text = " ".join(t.get_text() for ax in made["param_importances"].axes for t in ax.texts)
+    assert "tie" in text and "no importances" in text
+    for fig in made.values():
+        figures._plt().close(fig)
+
+
+def test_trial_figures_name_their_split(tmp_path):
+    images, masks, labels, scores, maps = _toy(size=24)
+    curves_fig = figures.curves(labels, scores, masks, maps, title="disc patchcore (test)")
+    assert curves_fig._suptitle.get_text() == "disc patchcore (test)" and _inside(curves_fig, curves_fig._suptitle)
+    hist = figures.score_histogram(labels, scores, 0.5, title="disc patchcore (validation)")
+    assert "validation" in hist.axes[0].get_title()
+    for fig in (curves_fig, hist):
+        figures._plt().close(fig)

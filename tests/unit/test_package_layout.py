@@ -10,10 +10,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "raybench"
 
 # low -> high; a module may import its own wing and any wing of a LOWER rank, never a sibling
 LAYERS = [
-    {"errors"}, {"config"}, {"data", "models"}, {"synthesis"}, {"evaluation"}, {"methods"},
+    {"errors", "console"}, {"config"}, {"data", "models"}, {"synthesis"}, {"evaluation"}, {"methods"},
     {"detector", "local_ray"}, {"tracking"}, {"reporting"}, {"sweep", "delivery"},
     {"raybench", "registry"},  # the public API (best_model, __version__); registry: 0.1 models' import path
-    {"cli"}, {"__main__", "bench"},
+    {"cli_parser"}, {"cli"}, {"__main__", "bench"},
 ]
 RANK = {wing: rank for rank, wings in enumerate(LAYERS) for wing in wings}
 

@@ -37,7 +37,7 @@ def test_stratified_order_is_nested_and_proportional():
 def test_few_shot_pool_is_fixed_nested_stratified_and_never_scored(disc):
     ten = few_shot_pool(disc, 10, split_seed=0)
     assert few_shot_pool(disc, 4, split_seed=0) == ten[:4]  # nested: n shots are the first n
-    assert [s.defect_type for s in ten[:4]].count("crack") == 2  # demo: 8 crack, 8 spot
+    assert [s.defect_type for s in ten[:4]].count("crack") == 2  # demo: 16 crack, 16 spot
     assert all(s.label == 1 for s in ten) and few_shot_pool(disc, 10, split_seed=1) != ten
     for mode, folds in (("crossfit", ("a", "b")), ("real", (None,)), ("synthetic", (None,))):
         for fold in folds:
@@ -54,16 +54,17 @@ def test_crossfit_reports_every_test_image_outside_the_pool_exactly_once(disc):
     assert rel(a.validation, disc) == rel(b.test, disc) | rel(a.held_out, disc)
     assert rel(b.validation, disc) == rel(a.test, disc) | rel(b.held_out, disc)
     assert a.held_out == b.held_out and a.train == b.train and len(a.held_out) == 5  # round(0.1 * 48)
-    # 3 crack + 3 spot + 16 good left: the odd crack and spot go to a and b in turn
-    assert (a.params()["n_val_anomalous"], b.params()["n_val_anomalous"]) == (3, 3)
-    assert (a.params()["n_test"], b.params()["n_test"]) == (11, 11)
+    # 11 crack + 11 spot + 40 good left: the odd crack and spot go to a and b in turn (6+5, 5+6)
+    assert (a.params()["n_val_anomalous"], b.params()["n_val_anomalous"]) == (11, 11)
+    assert (a.params()["n_test"], b.params()["n_test"]) == (31, 31)  # 20 good + 11 anomalous each
     assert a.split_group == b.split_group and a.test_split_hash != b.test_split_hash
     assert make_split(disc, "crossfit", few_shot=10, fold="a", split_seed=1).split_group != a.split_group
 
 
 def test_validation_that_cannot_rank_stops_unless_accepted(disc):
-    weak = make_split(disc, "real", few_shot=10)  # 2 anomalous left in validation
-    with pytest.raises(DatasetError, match=r"2 anomalous and 10 good.*--val-mode crossfit.*--accept-weak-validation"):
+    # a pool of 26 (13 crack, 13 spot) leaves 3 + 3: round(0.3 * 3) = 1 of each in validation
+    weak = make_split(disc, "real", few_shot=26)
+    with pytest.raises(DatasetError, match=r"2 anomalous and 17 good.*--val-mode crossfit.*--accept-weak-validation"):
         check_validation(weak)
     assert check_validation(weak, accept=True).startswith("WARNING (accepted with --accept-weak-validation)")
     assert check_validation(make_split(disc, "crossfit", few_shot=10, fold="b")) is None

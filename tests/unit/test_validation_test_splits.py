@@ -36,23 +36,23 @@ def rel(samples, cat):
 
 def test_real_split_is_stratified_disjoint_and_hashed(disc):
     split = make_split(disc, "real", 0.3, split_seed=0, val_normals=0.0)
-    # demo: 16 good, 8 crack, 8 spot -> round(0.3 * n): 5 good, 2 + 2 anomalous in validation
+    # demo: 40 good, 16 crack, 16 spot -> round(0.3 * n): 12 good, 5 + 5 anomalous in validation
     kinds = lambda samples: sorted((s.defect_type, sum(1 for t in samples if t.defect_type == s.defect_type))
                                    for s in {s.defect_type: s for s in samples}.values())
-    assert kinds(split.validation) == [("crack", 2), ("good", 5), ("spot", 2)]
-    assert kinds(split.test) == [("crack", 6), ("good", 11), ("spot", 6)]
+    assert kinds(split.validation) == [("crack", 5), ("good", 12), ("spot", 5)]
+    assert kinds(split.test) == [("crack", 11), ("good", 28), ("spot", 11)]
     assert rel(split.validation, disc).isdisjoint(rel(split.test, disc))
     assert rel(split.validation, disc) | rel(split.test, disc) == rel(disc.test, disc)
     assert split.train == disc.train
     expected = hashlib.sha256("\n".join(sorted(rel(split.test, disc))).encode()).hexdigest()
     assert split.test_split_hash == expected
     p = split.params()
-    assert (p["n_val"], p["n_val_anomalous"], p["n_test"], p["n_test_anomalous"]) == (9, 4, 23, 12)
+    assert (p["n_val"], p["n_val_anomalous"], p["n_test"], p["n_test_anomalous"]) == (22, 10, 50, 22)
     # held-out training normals (default 0.1 of 48 -> 5) join validation's good side; test is unchanged
     more = make_split(disc, "real", 0.3, split_seed=0)
     assert more.test == split.test and len(more.held_out) == 5 and len(more.train) == 43
     assert rel(more.held_out, disc) <= rel(disc.train, disc) and rel(more.held_out, disc).isdisjoint(rel(more.train, disc))
-    assert more.validation == split.validation + more.held_out and more.params()["n_val"] == 14
+    assert more.validation == split.validation + more.held_out and more.params()["n_val"] == 27
 
 
 def test_split_depends_on_dataset_category_and_seed_only(disc):
@@ -166,7 +166,7 @@ def test_leaderboard_ranks_on_validation_and_reports_final_seeds(tracking_uri, c
     assert row.final_n == 2 and row.final_image_auroc_mean == pytest.approx(0.7)
     assert row.final_image_auroc_std == pytest.approx(np.std([0.6, 0.8], ddof=1))
     assert by[("siamese-unet", "real")].run_id == real and by[("siamese-unet", "synthetic")].run_id == synth
-    text = tracking.format_leaderboard(rows)
+    text = tracking.format_leaderboard(rows, wide=True)
     assert "ranked by VAL" in text and "0.7000 ± 0.1414 (n=2)" in text and "siamese-unet (real)" in text
     assert "smoke" in text and "64/64" in text and "honest" in text
     # the latest sweep by default; every sweep on request
@@ -174,9 +174,9 @@ def test_leaderboard_ranks_on_validation_and_reports_final_seeds(tracking_uri, c
     everything = tracking.leaderboard(tracking_uri, "demo", all_sweeps=True)
     assert [r.run_name for r in everything if r.method == "patchcore"] == ["later-sweep"]
     from raybench.cli import main
-    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--sweep-id", "s1"]) == 0
+    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--sweep-id", "s1", "--wide"]) == 0
     assert "honest" in capsys.readouterr().out
-    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--all-sweeps"]) == 0
+    assert main(["leaderboard", "demo", "--tracking-uri", tracking_uri, "--all-sweeps", "--wide"]) == 0
     out = capsys.readouterr().out
     assert "later-sweep" in out and "honest" not in out
     # best_model's order: validation first, whatever test says
@@ -212,5 +212,5 @@ def test_the_pool_is_sized_by_the_largest_search_and_too_large_a_pool_stops_befo
     synthetic_only = space.without({"anomaly_source"}).distributions
     assert spec.max_real_anomalies(from_dict(spec.config_cls, {"anomaly_source": "synthetic"}), synthetic_only) == 0
     assert get_method("rd").max_real_anomalies(from_dict(get_method("rd").config_cls, {}), {}) == 0
-    with pytest.raises(DatasetError, match="pool of 16 real anomalies needs more than the 16"):
-        make_split(disc, "crossfit", few_shot=16)
+    with pytest.raises(DatasetError, match="pool of 32 real anomalies needs more than the 32"):
+        make_split(disc, "crossfit", few_shot=32)  # demo: 16 crack + 16 spot
