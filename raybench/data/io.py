@@ -34,7 +34,7 @@ from PIL import Image, ImageFile, ImageMode, UnidentifiedImageError
 from raybench.errors import DatasetError, ImageInputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-# The formats README names, and the only Pillow plugins ever asked to open a file (MPO is how
+# The formats README and docs/serving.md name, and the only Pillow plugins ever asked to open a file (MPO is how
 # Pillow reports a JPEG carrying a second picture: the first is read, as a JPEG).
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 

@@ -62,7 +62,7 @@ class CutSwapConfig(SelfSupervisedConfig):
 
 # `--budget paper`: every value the papers state (CutSwap's implementation details, and CutPaste's
 # recipe, which CutSwap adopts; PatchCore's scoring stage), fixed and taken out of the search.
-# What their text lost stays searchable (README: "Values the papers leave open").
+# What their text lost stays searchable (docs/methods.md: "Values the papers leave open").
 _PATCHCORE_PAPER = {"backbone": "resnet18", "weights": "imagenet", "image_size": 256,
                     "layers": ["layer2", "layer3"], "patch_size": 3, "sigma": 4.0, "coreset_ratio": 0.01}
 _CUTPASTE_RECIPE = {"epochs": 256, "lr": 0.03, "momentum": 0.9, "weight_decay": 3e-5, "batch_images": 32,

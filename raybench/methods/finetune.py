@@ -8,7 +8,7 @@ step -> 96 samples). The recipe (`recipe: preserve|paper`, RECIPES) decides what
 do to the pretrained trunk: its BatchNorm running statistics (`bn_stats`), a head-only warm-up on
 the frozen trunk (`warmup_epochs`) and the trunk's share of the learning rate (`trunk_lr_scale`).
 `paper` is the papers' literal recipe; `preserve` (the default) is the one the learning curves in
-the README measured to keep what the pretrained trunk knows.
+docs/benchmarks.md measured to keep what the pretrained trunk knows.
 
 `keep_best_epoch`: PatchCore on the trunk after each validated epoch (and on the untuned trunk,
 epoch 0) is scored on the method's validation pool (`category.test`, raybench.methods.selection);
@@ -59,7 +59,7 @@ class SelfSupervisedConfig(PatchCoreConfig):
     scar_length_min: int = ranged(10, 1)
     scar_length_max: int = ranged(25, 1)
     scar_angle: float = ranged(45.0, 0, 180)  # degrees, both ways
-    # fine-tuning recipe (see RECIPES and the README's method notes): `paper` = CutPaste's / CutSwap's
+    # fine-tuning recipe (see RECIPES and docs/methods.md): `paper` = CutPaste's / CutSwap's
     # literal recipe; `preserve` keeps what the pretrained trunk knows. The three fields below are
     # None = the recipe's value; a value set there overrides the recipe for that one aspect.
     recipe: Literal["preserve", "paper"] = "preserve"
@@ -74,7 +74,7 @@ class SelfSupervisedConfig(PatchCoreConfig):
     deterministic: bool = True  # deterministic cuDNN kernels during fit
 
 
-# What each recipe means for the fields left at None (measured in the README: "Fine-tuning recipe").
+# What each recipe means for the fields left at None (measured in docs/benchmarks.md and docs/methods.md).
 RECIPES = {
     "paper": {"bn_stats": "train", "warmup_epochs": 0, "trunk_lr_scale": 1.0},
     "preserve": {"bn_stats": "frozen", "warmup_epochs": 1, "trunk_lr_scale": 0.1},

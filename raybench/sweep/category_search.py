@@ -42,7 +42,7 @@ TRIAL_KEYS = ("category", "fold", "config_id", "default_config")
 
 class PicklingSearcher(Searcher):
     """Tune saves a searcher with the experiment and restores it on --resume: the whole state, pickled
-    (which is why the storage must be writable by the team alone; README, Reliability)."""
+    (which is why the storage must be writable by the team alone; docs/serving.md, Reliability)."""
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:

@@ -4,7 +4,7 @@ LayerCAM map, two equal patches with the anchors as upper-left vertices, swapped
 Everything is batched tensors on the images' device; randomness comes from one torch.Generator,
 so a seed fixes every negative sample.
 
-Choices the paper leaves open (see the README's method notes):
+Choices the paper leaves open (see docs/methods.md):
 - k-means is 1-D on saliency intensity, so each cluster is an interval of intensities between
   the midpoints of sorted centroids. Clustering runs once per image and layer (`build_anchor_cache`);
   a training step only draws pixels whose saliency lies in the chosen interval.

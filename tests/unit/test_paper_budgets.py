@@ -1,5 +1,5 @@
 """`--budget paper` is the papers' configuration: every value a paper states is fixed (checked here
-value by value, written out by hand from the papers and the README's method notes), nothing fixed
+value by value, written out by hand from the papers and docs/methods.md), nothing fixed
 is left in the shipped search spaces, and `paper_deviations` says when a run departs from them."""
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ EXPECTED = {
     "siamese-unet": {**RD, "cpam": True, "stage1": True, "stage2": True, "epochs2": 20, "anomaly_source": "real",
                      "n_anomalies": 10, "stage2_anomalies": "stage1", "n_normal_shots": None},
 }
-# what the papers' text lost: still searched under --budget paper (README lists them)
+# what the papers' text lost: still searched under --budget paper (docs/methods.md lists them)
 STILL_SEARCHED = {
     "patchcore": set(),
     "cutpaste": set(),
