@@ -68,6 +68,20 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def disc(demo_root):
+    """The demo's `disc` category (40 good, 16 crack and 16 spot test images, 48 training images)."""
+    from raybench.data import load_dataset
+    (cat,) = load_dataset("demo", demo_root, ["disc"])
+    return cat
+
+
+def rel(samples, cat) -> set[str]:
+    """Samples as their paths relative to the category folder (what split hashes are made of)."""
+    from raybench.evaluation.scoring import relative_path
+    return {relative_path(s, cat) for s in samples}
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray for the whole session, started as a local sweep starts its own: bound to
     loopback, never a cluster some `ray start` left behind (auth as the suite's environment says)."""

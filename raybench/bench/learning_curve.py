@@ -33,17 +33,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from raybench.bench.curve_summary import format_summary, plot, summarise, validation_chosen
-from raybench.bench.patchcore import subset
+from raybench.bench.patchcore import load_bench_data, print_weights, subset
 from raybench.config import field_types, from_dict
 from raybench.data import load_dataset
-from raybench.data.tensors import iterate_batches, load_images, load_masks
+from raybench.data.tensors import iterate_batches
 from raybench.methods import get_method
 from raybench.evaluation.metrics import image_auroc, pixel_auroc
 from raybench.models.backbones import FeatureExtractor
 from raybench.models.common import pick_device, set_seed
 from raybench.models.common import gaussian_blur, upsample_maps
 from raybench.models.patchcore import PatchCore, greedy_coreset, nearest_distances
-from raybench.models.weights import describe as describe_weights
 
 
 def make_config(method: str, values: dict):
@@ -183,17 +182,10 @@ def main(argv=None) -> int:
         p.error("--data-root and --category are required (unless --from-json)")
 
     device = pick_device(args.device)
-    (full,) = load_dataset(args.dataset, args.data_root, [args.category])
-    category = subset(full, args.train_limit, args.test_limit)
+    category, train, test, masks, labels = load_bench_data(args)
     print(f"# {category.summary()} | image_size={args.image_size} device={device} torch={torch.__version__} "
           f"threads={torch.get_num_threads()}")
-    print(f"# weights: {describe_weights(args.backbone, args.weights)}")
-    if "cutswap" in args.methods:
-        print(f"# saliency: {describe_weights(args.saliency_net, args.saliency_weights)}")
-    train = load_images(category.train, args.image_size)
-    test = load_images(category.test, args.image_size)
-    masks = load_masks(category.test, args.image_size)
-    labels = np.array([s.label for s in category.test])
+    print_weights(args)
     base = {"image_size": args.image_size, "weights": args.weights, "backbone": args.backbone,
             "layers": ["layer2", "layer3"], "saliency_net": args.saliency_net,
             "saliency_weights": args.saliency_weights, "batch_images": args.batch_images,

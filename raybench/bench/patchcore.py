@@ -53,6 +53,22 @@ def subset(category, train_limit, test_limit):
     return dataclasses.replace(category, train=evenly_spaced(category.train, train_limit), test=good + bad)
 
 
+def load_bench_data(args):
+    """The benchmark's category (limited to --train-limit / --test-limit) as tensors at --image-size:
+    (category, train images, test images, test masks, test labels)."""
+    (full,) = load_dataset(args.dataset, args.data_root, [args.category])
+    category = subset(full, args.train_limit, args.test_limit)
+    return (category, load_images(category.train, args.image_size), load_images(category.test, args.image_size),
+            load_masks(category.test, args.image_size), np.array([s.label for s in category.test]))
+
+
+def print_weights(args) -> None:
+    """Where the backbone's (and cutswap's saliency net's) weights come from, before any figure."""
+    print(f"# weights: {describe_weights(args.backbone, args.weights)}")
+    if "cutswap" in args.methods:
+        print(f"# saliency: {describe_weights(args.saliency_net, args.saliency_weights)}")
+
+
 def run_raybench_patchcore(config, train, test, labels, masks, device, batch_size):
     spec = get_method("patchcore")
     model = spec.build(config).to(device)
@@ -213,17 +229,10 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     if args.coreset_patches:
         coreset_bench(args.coreset_patches, 384, args.coreset_ratio, device, args.coreset_peer_limit)
-    (full,) = load_dataset(args.dataset, args.data_root, [args.category])
-    category = subset(full, args.train_limit, args.test_limit)
+    category, train, test, masks, labels = load_bench_data(args)
     print(f"# {category.summary()} | image_size={args.image_size} coreset_ratio={args.coreset_ratio} "
           f"weights={args.weights} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
-    print(f"# weights: {describe_weights(args.backbone, args.weights)}")
-    if "cutswap" in args.methods:
-        print(f"# saliency: {describe_weights(args.saliency_net, args.saliency_weights)}")
-    train = load_images(category.train, args.image_size)
-    test = load_images(category.test, args.image_size)
-    masks = load_masks(category.test, args.image_size)
-    labels = np.array([s.label for s in category.test])
+    print_weights(args)
     peer_cls, why = load_anomalib()
     if peer_cls is None:
         print(f"anomalib Patchcore: skipped ({why})")

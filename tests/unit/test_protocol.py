@@ -7,22 +7,14 @@ from types import SimpleNamespace
 import pytest
 
 from raybench import tracking
-from raybench.data import load_dataset
+
+from conftest import rel
 from raybench.errors import DatasetError
-from raybench.evaluation.scoring import relative_path
 from raybench.evaluation.splits import check_validation, few_shot_pool, make_split, stratified_order
 from raybench.sweep.category_search import PerCategorySearch
 from raybench.sweep.search_space import load_search_space
 
 
-@pytest.fixture(scope="module")
-def disc(demo_root):
-    (cat,) = load_dataset("demo", demo_root, ["disc"])
-    return cat
-
-
-def rel(samples, cat):
-    return {relative_path(s, cat) for s in samples}
 
 
 def test_stratified_order_is_nested_and_proportional():

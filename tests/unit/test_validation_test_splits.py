@@ -14,24 +14,15 @@ from raybench.sweep.category_search import METRIC, PerCategorySearch
 from raybench.config import from_dict
 from raybench.data import load_dataset
 from raybench.errors import ConfigError, DatasetError
-from raybench.evaluation.scoring import relative_path
 from raybench.sweep.final_seeds import chosen_configs, final_trial_configs
 from raybench.methods import get_method
 from raybench.methods.siamese_unet import draw_real_anomalies
 from raybench.sweep.search_space import load_search_space
 from raybench.evaluation.splits import load_validation_set, make_split
 from raybench.sweep.plan import SweepSpec, bound_by_budget, build_config, resolve_base_config
-from conftest import make_mvtec_category
+from conftest import make_mvtec_category, rel
 
 
-@pytest.fixture(scope="module")
-def disc(demo_root):
-    (cat,) = load_dataset("demo", demo_root, ["disc"])
-    return cat
-
-
-def rel(samples, cat):
-    return {relative_path(s, cat) for s in samples}
 
 
 def test_real_split_is_stratified_disjoint_and_hashed(disc):
