@@ -126,7 +126,7 @@ class PerCategorySearch(PicklingSearcher):
         if entry["left"] > 0:
             return
         del self.pending[owner]
-        (key, _number), values = owner, entry["values"]
+        (key, _), values = owner, entry["values"]
         mean = math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
         study = self.studies[key]
         if entry["trial"] is not None:

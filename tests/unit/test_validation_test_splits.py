@@ -1,7 +1,6 @@
 """The validation / test split: fixed by (dataset, category, split seed), stratified, hashed; what
 methods may see of it; budgets that bound the search; only validation ranks. Fast: no Ray."""
 import hashlib
-import math
 from types import SimpleNamespace
 
 import numpy as np
