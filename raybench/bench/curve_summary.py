@@ -29,6 +29,27 @@ def bootstrap_interval(labels: np.ndarray, score_sets: list[np.ndarray], n: int,
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
+def paired_interval(labels: np.ndarray, sets_a: list[np.ndarray], sets_b: list[np.ndarray], n: int,
+                    seed: int = 0) -> tuple[float, float | None, float | None]:
+    """(difference, low, high): seed-mean image AUROC of `a` minus that of `b` on the same test images,
+    with a 95 % interval from resampling the images (stratified) once for both, so what the two share
+    (the same hard images) cancels. An interval holding 0 means the data cannot tell them apart."""
+    labels = np.asarray(labels)
+    a = np.array([auroc_rows(labels[None], np.asarray(s)[None])[0] for s in sets_a]).mean()
+    b = np.array([auroc_rows(labels[None], np.asarray(s)[None])[0] for s in sets_b]).mean()
+    if n <= 0:
+        return float(a - b), None, None
+    rng = np.random.default_rng(seed)
+    good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    idx = np.concatenate([rng.choice(good, (n, len(good))), rng.choice(bad, (n, len(bad)))], axis=1)
+
+    def seed_mean(sets):
+        return np.mean([auroc_rows(labels[idx], np.asarray(s)[idx]) for s in sets], axis=0)
+
+    diffs = seed_mean(sets_a) - seed_mean(sets_b)
+    return float(a - b), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
@@ -97,6 +118,50 @@ def validation_chosen(rows: list[dict], labels: np.ndarray, ratios, val_share: f
                                          "pixel_auroc": float("nan"), "scores": np.array(v["scores"])[held].tolist()}
                                 for q, v in r["results"].items()}})
     return out, held
+
+
+def paired_rows(rows: list[dict], labels: np.ndarray, ratios, n: int) -> list[dict]:
+    """Per coreset ratio and epoch count (and recipe): cutswap - cutpaste, and each fine-tuned trunk
+    minus the untuned one (`patchcore`, epoch 0), as `paired_interval`s over the same seeds' scores."""
+    def scores(method, recipe, epochs, key) -> dict[int, np.ndarray]:
+        return {r["seed"]: np.array(r["results"][key]["scores"]) for r in rows
+                if r["method"] == method and r["recipe"] == recipe and r["epochs"] == epochs}
+
+    out = []
+    tuned = sorted({(r["recipe"], r["epochs"]) for r in rows if r["method"] != "patchcore"})
+    for ratio in ratios:
+        key = str(ratio)
+        base = scores("patchcore", "-", 0, key)
+        for recipe, epochs in tuned:
+            swap, paste = scores("cutswap", recipe, epochs, key), scores("cutpaste", recipe, epochs, key)
+            entry = {"coreset_ratio": ratio, "recipe": recipe, "epochs": epochs}
+            for name, a, b in (("cutswap-cutpaste", swap, paste), ("cutswap-untuned", swap, base),
+                               ("cutpaste-untuned", paste, base)):
+                seeds = sorted(set(a) & set(b))
+                if seeds:
+                    entry[name] = paired_interval(labels, [a[s] for s in seeds], [b[s] for s in seeds], n)
+            out.append(entry)
+    return out
+
+
+def format_pairs(pairs: list[dict]) -> str:
+    """Markdown: each paired difference with its interval; `≈` where the interval holds 0."""
+    names = ("cutswap-cutpaste", "cutswap-untuned", "cutpaste-untuned")
+    lines = ["| coreset | recipe | epochs | " + " | ".join(n.replace("-", " − ") for n in names) + " |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def cell(value):
+        if value is None:
+            return ""
+        diff, low, high = value
+        if low is None:
+            return f"{diff:+.3f}"
+        return f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]{' ≈' if low <= 0 <= high else ''}"
+
+    for e in pairs:
+        lines.append(f"| {e['coreset_ratio']:g} | {e['recipe']} | {e['epochs']} | "
+                     + " | ".join(cell(e.get(n)) for n in names) + " |")
+    return "\n".join(lines)
 
 
 def format_summary(summary: list[dict]) -> str:

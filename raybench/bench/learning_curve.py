@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raybench.bench.curve_summary import format_summary, plot, summarise, validation_chosen
+from raybench.bench.curve_summary import (format_pairs, format_summary, paired_rows, plot, summarise,
+                                          validation_chosen)
 from raybench.bench.patchcore import load_bench_data, print_weights, subset
 from raybench.config import field_types, from_dict
 from raybench.data import load_dataset
@@ -228,17 +229,23 @@ def report(rows, labels, ratios, args, described: str, seconds: float | None = N
     if seconds is not None:
         print(f"# {len(rows)} runs in {seconds:.0f} s")
     print(format_summary(summary))
-    chosen_summary = []
+    pairs = paired_rows(rows, labels, ratios, args.bootstrap)
+    print("# paired differences of the seed-mean image AUROC, 95 % interval over the same test images (≈: holds 0)")
+    print(format_pairs(pairs))
+    chosen_summary, chosen_pairs = [], []
     if args.val_share > 0:
         chosen, held = validation_chosen(rows, labels, ratios, args.val_share)
         chosen_summary = summarise(chosen, labels[held], ratios, args.bootstrap)
         print(f"# epoch chosen on a validation part ({args.val_share:g} of the test images, stratified) among "
               f"0..E, as keep_best_epoch does; image AUROC on the other {int(held.sum())} images")
         print(format_summary(chosen_summary))
+        chosen_pairs = paired_rows(chosen, labels[held], ratios, args.bootstrap)
+        print("# paired differences, epoch chosen on validation (held-out images)")
+        print(format_pairs(chosen_pairs))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "category": described, "rows": rows, "summary": summary,
-                       "validation_chosen": chosen_summary}, fh)
+                       "paired": pairs, "validation_chosen": chosen_summary, "validation_chosen_paired": chosen_pairs}, fh)
     if args.figure:
         plot(summary, ratios, args.category, args.figure)
         print(f"# figure: {args.figure}")
