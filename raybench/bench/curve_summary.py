@@ -214,7 +214,7 @@ def plot(summary: list[dict], ratios, title: str, path: str, metrics=("image_aur
             ax.set_xticklabels([str(t) for t in ticks])
             ax.set_xlabel("fine-tuning epochs")
             ax.set_ylabel(metric.replace("_", " "))
-            ax.set_title(f"{title}, coreset {ratio:g}")
+            ax.set_title(f"{title}, coreset {ratio:g}", fontsize=10)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
